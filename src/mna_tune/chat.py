@@ -1,0 +1,84 @@
+"""The single source of truth for chat formatting: system prompt and Qwen3 no-think turns.
+
+Split files hold clean messages (no `/no_think`, no think tags, no special tokens).
+Training, evaluation and serving all render them here. The no-think convention is the
+one Qwen3's own chat template applies with `enable_thinking=False`: the assistant turn
+opens with an empty think block, `<think>\\n\\n</think>\\n\\n`, and nothing is appended to
+the user turn. This module imports nothing heavy: the data stages use it too.
+"""
+
+from __future__ import annotations
+
+SYSTEM_PROMPT = "당신은 금융,법률 및 M&A 분야 전문가입니다.\n사용자 질문에 대해 반드시 한국어로만 답변하세요."
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+EMPTY_THINK = "<think>\n\n</think>\n\n"
+
+
+def build_messages(question: str, answer: str | None = None, system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
+    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def question_of(messages: list[dict]) -> str:
+    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
+
+
+def answer_of(messages: list[dict]) -> str:
+    if messages[-1]["role"] != "assistant":
+        raise ValueError("the conversation does not end with an assistant message")
+    return messages[-1]["content"]
+
+
+def _turn(role: str, content: str) -> str:
+    return f"{IM_START}{role}\n{content}{IM_END}\n"
+
+
+def render_prompt(messages: list[dict]) -> str:
+    """Everything the model sees before it answers: system and user turns, then the
+    assistant header with the empty think block. A trailing assistant message is ignored."""
+    turns = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
+    for message in turns:
+        if message["role"] not in ("system", "user", "assistant"):
+            raise ValueError(f"unsupported chat role {message['role']!r}")
+    return "".join(_turn(m["role"], m["content"]) for m in turns) + f"{IM_START}assistant\n{EMPTY_THINK}"
+
+
+def render_completion(answer: str) -> str:
+    """What the model learns to write: the answer, closed by the end-of-turn token."""
+    return f"{answer}{IM_END}"
+
+
+def strip_think(text: str) -> str:
+    """A generated answer without any (empty or not) think block the model produced."""
+    if "</think>" in text:
+        text = text.split("</think>", 1)[1]
+    return text.replace("<think>", "").strip()
+
+
+# The same format as a Jinja chat template, for tokenizers we build (tiny-qwen3) and for
+# exported folders, so `apply_chat_template(..., enable_thinking=False)` and servers such as
+# vLLM render exactly what render_prompt renders. Written for this project: it covers
+# system/user/assistant turns, which is all this pipeline produces.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' %}"
+    "{%- set content = message.content %}"
+    "{%- if '</think>' in content %}{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
+    "{%- if loop.last %}"
+    "{{- '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + content + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)

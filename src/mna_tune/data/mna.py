@@ -1,0 +1,46 @@
+"""Reader for the M&A QA file: a JSON array of {"question", "answer", "source"} records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import InputError
+from .text import clean_text
+
+
+def read_mna(path: Path) -> list[dict]:
+    """Validated records with cleaned text; any problem names the row and the key."""
+    name = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(name, "M&A QA file not found (data.mna_path)") from None
+    try:
+        records = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise InputError(name, f"not UTF-8 text (invalid byte at offset {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(name, f"not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})") from None
+    if not isinstance(records, list):
+        raise InputError(name, f"expected a JSON array of QA records, got {type(records).__name__}")
+    if not records:
+        raise InputError(name, "the M&A QA file holds no records")
+    rows = []
+    for index, record in enumerate(records):
+        where = f"[{index}]"
+        if not isinstance(record, dict):
+            raise InputError(name, f"record is {type(record).__name__}, expected object", record=where)
+        for key in ("question", "answer"):
+            if key not in record:
+                raise InputError(name, f"missing key '{key}'", record=where)
+            if not isinstance(record[key], str):
+                raise InputError(name, f"'{key}' is {type(record[key]).__name__}, expected string", record=where)
+            if not clean_text(record[key]):
+                raise InputError(name, f"'{key}' is empty", record=where)
+        source = record.get("source", "")
+        if not isinstance(source, str):
+            raise InputError(name, f"'source' is {type(source).__name__}, expected string", record=where)
+        rows.append({"question": clean_text(record["question"]), "answer": clean_text(record["answer"]),
+                     "source_text": source, "record": where})
+    return rows

@@ -1,0 +1,106 @@
+"""Relevance scorers for the filter stage: every AI Hub row gets a 0-100 score and a reason.
+
+`lexicon` (default) is deterministic: weighted M&A/finance/law terms from a TSV file in the
+repo. `column` joins an external labelled CSV, like the original LLM labelling step.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from .errors import InputError
+from .text import match_key
+
+
+class Scorer(Protocol):
+    def score(self, question: str, answer: str) -> tuple[int, str] | None:
+        """(score, reason), or None when the scorer has no score for the row."""
+
+
+def _step5(value: float) -> int:
+    return int(min(100, max(0, value)) // 5 * 5)
+
+
+@dataclass(frozen=True)
+class LexiconScorer:
+    weights: dict[str, int]
+    pattern: re.Pattern
+
+    @classmethod
+    def from_tsv(cls, path: Path) -> "LexiconScorer":
+        weights: dict[str, int] = {}
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            raise InputError(str(path), "lexicon file not found (filter.lexicon_path)") from None
+        for number, line in enumerate(lines, start=1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            fields = line.split("\t")
+            if len(fields) < 2 or not fields[1].strip().lstrip("-").isdigit():
+                raise InputError(str(path), "expected 'term<TAB>weight[<TAB>domain]'", record=f"line {number}")
+            term = unicodedata.normalize("NFC", fields[0].strip())
+            if term in weights:
+                raise InputError(str(path), f"term '{term}' is listed twice", record=f"line {number}")
+            weights[term] = int(fields[1])
+        if not weights:
+            raise InputError(str(path), "the lexicon holds no terms")
+        # Longest first, so an alternation prefers "기업결합" over "결합" at the same place.
+        alternation = "|".join(re.escape(term) for term in sorted(weights, key=len, reverse=True))
+        return cls(weights, re.compile(alternation))
+
+    def score(self, question: str, answer: str) -> tuple[int, str]:
+        text = match_key(question) + "\n" + match_key(answer)
+        found = sorted(set(self.pattern.findall(text)), key=lambda term: (-self.weights[term], term))
+        if not found:
+            return 0, "no domain terms"
+        total = sum(self.weights[term] for term in found)
+        return _step5(total), ", ".join(f"{term}(+{self.weights[term]})" for term in found)
+
+
+@dataclass(frozen=True)
+class ColumnScorer:
+    labels: dict[tuple[str, str], tuple[int, str]]
+
+    @classmethod
+    def from_csv(cls, path: Path) -> "ColumnScorer":
+        import pandas as pd  # only the column scorer needs it
+
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        except FileNotFoundError:
+            raise InputError(str(path), "scores CSV not found (filter.scores_path)") from None
+        missing = {"question", "answer", "score"} - set(frame.columns)
+        if missing:
+            raise InputError(str(path), f"missing column(s) {sorted(missing)}; found {list(frame.columns)}")
+        labels: dict[tuple[str, str], tuple[int, str]] = {}
+        for index, row in enumerate(frame.itertuples(index=False), start=2):  # line 1 is the header
+            try:
+                value = float(row.score)
+            except ValueError:
+                raise InputError(str(path), f"score '{row.score}' is not a number", record=f"line {index}") from None
+            if not 0 <= value <= 100:
+                raise InputError(str(path), f"score {value} is outside 0-100", record=f"line {index}")
+            key = (match_key(row.question), match_key(row.answer))
+            reason = getattr(row, "reason", "") or "labelled score"
+            if key in labels and labels[key][0] != round(value):
+                raise InputError(str(path), "the same question and answer carry two different scores",
+                                 record=f"line {index}")
+            labels[key] = (round(value), reason)
+        return cls(labels)
+
+    def score(self, question: str, answer: str) -> tuple[int, str] | None:
+        return self.labels.get((match_key(question), match_key(answer)))
+
+
+def make_scorer(kind: str, lexicon_path: Path, scores_path: Path | None) -> Scorer:
+    if kind == "lexicon":
+        return LexiconScorer.from_tsv(lexicon_path)
+    if kind == "column":
+        assert scores_path is not None  # params validation guarantees it
+        return ColumnScorer.from_csv(scores_path)
+    raise ValueError(f"unknown filter.scorer '{kind}'")

@@ -1,0 +1,145 @@
+"""MLflow: the only room that talks to it. Runs, per-step metrics, artifacts, the adapter
+registry and lineage tags (git commit + the dvc.lock md5 of every raw input and split).
+
+The default store is `sqlite:///<repo root>/mlflow.db` with artifacts in
+`<repo root>/mlartifacts`. The root is DVC_ROOT when DVC sets it, so `dvc exp run
+--temp/--queue`, which runs in a copy under .dvc/tmp/exps/, logs into the same store.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .params import MlflowParams
+
+
+def project_root() -> Path:
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+    return here
+
+
+def tracking_uri(params: MlflowParams) -> str:
+    return params.tracking_uri or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def git_info() -> dict[str, str]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    info = {"git_commit": commit or "unknown", "git_dirty": str(bool(dirty)).lower()}
+    for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
+        if os.environ.get(env):
+            info[tag] = os.environ[env]
+    return info
+
+
+def flatten(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, inner in value.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), inner))
+        return out
+    return {prefix: value}
+
+
+def lineage_from_lock(lock_path: Path, stage_deps: dict[str, list[str]]) -> dict[str, str]:
+    """md5 of named deps/outs as recorded in dvc.lock, e.g.
+    {"extract": ["data/sample/aihub"]} -> {"lineage.extract.data/sample/aihub": "abc.dir"}."""
+    try:
+        lock = yaml.safe_load(Path(lock_path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        return {}
+    tags = {}
+    for stage, wanted in stage_deps.items():
+        entry = lock.get("stages", {}).get(stage, {})
+        recorded = {item["path"]: item.get("md5", "") for item in entry.get("deps", []) + entry.get("outs", [])}
+        for path in wanted:
+            if path in recorded:
+                tags[f"lineage.{stage}.{path}"] = recorded[path]
+    return tags
+
+
+class Tracker:
+    def __init__(self, params: MlflowParams):
+        import mlflow
+
+        self.mlflow = mlflow
+        self.params = params
+        self.uri = tracking_uri(params)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = mlflow.MlflowClient(self.uri)
+        self.experiment_id = self._experiment_id()
+
+    def _experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(self.params.experiment)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if not self.params.tracking_uri:  # keep artifacts beside the db, not in the (temporary) cwd
+            location = (project_root() / "mlartifacts").as_uri()
+        try:
+            return self.client.create_experiment(self.params.experiment, artifact_location=location)
+        except self.mlflow.exceptions.MlflowException:
+            return self.client.get_experiment_by_name(self.params.experiment).experiment_id  # created meanwhile
+
+    def start_run(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        for key, value in flatten("", params).items():
+            self.client.log_param(run.info.run_id, key, value if value is not None else "null")
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.client.log_metric(run_id, key, float(value), step=step or 0)
+
+    def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_artifact(self, run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(local_file), artifact_path)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+
+    def register_adapter(self, run_id: str, artifact_path: str, tags: dict[str, str]):
+        """A new version of mlflow.registered_model whose source is the run's adapter folder."""
+        name = self.params.registered_model
+        try:
+            self.client.create_registered_model(name, description="Qwen3 LoRA adapters made by mna-tune")
+        except self.mlflow.exceptions.MlflowException:
+            pass  # exists already
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        return self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+
+    def step_callback(self, run_id: str):
+        """A transformers TrainerCallback that logs every logged step (loss, lr, grad norm)."""
+        from transformers import TrainerCallback
+
+        tracker = self
+
+        class _StepLogger(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if state.is_world_process_zero and logs:
+                    tracker.log_metrics(run_id, {f"train/{k}": v for k, v in logs.items()}, step=state.global_step)
+
+        return _StepLogger()
