@@ -85,8 +85,9 @@ def other_rows(unit: Unit, docs: Any, stats: dict) -> Iterator[dict | InputError
             category = _category(doc, unit, where)
             contents = doc.get("contents")
             if not isinstance(contents, list):
-                reason = "missing key 'contents'" if contents is None else f"'contents' is {_type_name(contents)}"
-                raise InputError(unit.file, reason + ", expected array", unit.entry, where, doc)
+                reason = ("missing key 'contents'" if "contents" not in doc
+                          else f"'contents' is {_type_name(contents)}, expected array")
+                raise InputError(unit.file, reason, unit.entry, where, doc)
         except InputError as problem:
             yield problem
             continue

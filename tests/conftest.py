@@ -1,0 +1,26 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))  # aihub_factory
+
+# Nothing in the tests may reach a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer():
+    from mna_tune.modeling import build_qwen3_tokenizer
+
+    return build_qwen3_tokenizer()
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run a stage inside an empty folder (stage paths are relative to the repo root)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -1,0 +1,159 @@
+"""End to end: the real `dvc repro`, `dvc exp run` and `dvc exp run --temp` in a temporary
+git clone of this repository, on the embedded default (sample data + tiny-qwen3)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mna_tune.data.io import file_md5
+
+from conftest import REPO
+
+pytestmark = pytest.mark.e2e
+STAGES = ["extract", "filter", "merge", "split", "train", "evaluate"]
+MODEL = "mna-tune-qwen3-adapter"
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory):
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("the repository has no commit to clone")
+    path = tmp_path_factory.mktemp("e2e") / "repo"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(path)], check=True)
+    return path
+
+
+def sh(clone, *args, check=True):
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "PYTHONPATH": str(clone / "src"),
+           "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@test",
+           "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@test"}
+    for key in ("DVC_ROOT", "DVC_EXP_NAME"):
+        env.pop(key, None)
+    result = subprocess.run(list(args), cwd=clone, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-4000:]}")
+    return result
+
+
+def ran(result):
+    return re.findall(r"Running stage '(\w+)'", result.stdout)
+
+
+def set_param(clone, dotted, value):
+    path = clone / "params.yaml"
+    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    section, key = dotted.split(".")
+    params[section][key] = value
+    path.write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+def client(clone):
+    import mlflow
+
+    return mlflow.MlflowClient(f"sqlite:///{clone / 'mlflow.db'}")
+
+
+def versions(clone):
+    return sorted(client(clone).search_model_versions(f"name='{MODEL}'"), key=lambda v: int(v.version))
+
+
+def lock(clone):
+    return yaml.safe_load((clone / "dvc.lock").read_text(encoding="utf-8"))["stages"]
+
+
+def md5_in_lock(clone, stage, path):
+    entry = lock(clone)[stage]
+    return next(item["md5"] for item in entry.get("deps", []) + entry.get("outs", []) if item["path"] == path)
+
+
+def test_full_repro_produces_every_output(clone):
+    result = sh(clone, "dvc", "repro")
+    assert ran(result) == STAGES
+    for name in ("train", "val", "test"):
+        rows = [json.loads(line) for line in (clone / f"data/processed/{name}.jsonl").read_text().splitlines()]
+        assert rows and all([m["role"] for m in row["messages"]] == ["system", "user", "assistant"] for row in rows)
+    assert (clone / "models/adapter/adapter_config.json").is_file()
+    assert (clone / "models/adapter/adapter_model.safetensors").is_file()
+    extract = json.loads((clone / "metrics/extract.json").read_text())
+    assert extract["rows"] >= 300 and extract["source_files_skipped"] == 1
+    filtered = json.loads((clone / "metrics/filter.json").read_text())
+    assert all(filtered["dropped"][reason] > 0 for reason in ("excluded_category", "echo", "below_min_score"))
+    assert json.loads((clone / "metrics/merge.json").read_text())["exact_duplicates_removed"] > 0
+    evaluation = json.loads((clone / "metrics/eval.json").read_text())
+    assert {"eval_loss", "rougeL_f1", "chrf", "korean_only_share"} <= set(evaluation)
+    assert evaluation["model_version"] == 1
+    shown = sh(clone, "dvc", "metrics", "show", "--json").stdout
+    assert "rougeL_f1" in shown and "eval_loss" in shown
+
+
+def test_registered_version_names_the_exact_data_and_code(clone):
+    version = versions(clone)[-1]
+    tags = version.tags
+    head = sh(clone, "git", "rev-parse", "HEAD").stdout.strip()
+    assert tags["git_commit"] == head
+    assert tags["lineage.extract.data/sample/aihub"] == md5_in_lock(clone, "extract", "data/sample/aihub")
+    assert tags["lineage.extract.data/sample/aihub"].endswith(".dir")
+    assert tags["lineage.merge.data/sample/mna_qa.json"] == md5_in_lock(clone, "merge", "data/sample/mna_qa.json")
+    assert tags["lineage.merge.data/sample/mna_qa.json"] == file_md5(clone / "data/sample/mna_qa.json")
+    for name in ("train", "val", "test"):
+        path = f"data/processed/{name}.jsonl"
+        assert tags[f"lineage.split.{path}"] == md5_in_lock(clone, "split", path) == file_md5(clone / path)
+    assert tags["lineage.verified"] == "true"
+    run = client(clone).get_run(version.run_id)
+    assert run.data.params["train.learning_rate"] and "train/loss" in run.data.metrics
+
+
+def test_second_repro_reruns_nothing(clone):
+    result = sh(clone, "dvc", "repro")
+    assert ran(result) == []
+    assert "up to date" in sh(clone, "dvc", "status").stdout
+
+
+def test_learning_rate_change_reruns_only_train_and_evaluate(clone):
+    set_param(clone, "train.learning_rate", 0.001)
+    assert ran(sh(clone, "dvc", "repro")) == ["train", "evaluate"]
+
+
+def test_min_score_change_reruns_filter_onward(clone):
+    set_param(clone, "filter.min_score", 20)
+    assert ran(sh(clone, "dvc", "repro")) == ["filter", "merge", "split", "train", "evaluate"]
+    sh(clone, "git", "add", "-A")
+    sh(clone, "git", "commit", "-qm", "e2e: lower min_score")
+
+
+def test_exp_run_and_exp_show(clone):
+    before = len(versions(clone))
+    sh(clone, "dvc", "exp", "run", "-n", "lora-r16", "-S", "lora.r=16")
+    shown = json.loads(sh(clone, "dvc", "exp", "show", "--json").stdout)
+    text = json.dumps(shown)
+    assert "lora-r16" in text and "rougeL_f1" in text
+    exps = [exp for entry in shown for exp in (entry.get("experiments") or [])]
+    runs = [run for exp in exps for run in (exp.get("revs") or [])]
+    r16 = [run for run in runs if run.get("name") == "lora-r16"]
+    assert r16 and r16[0]["data"]["params"]["params.yaml"]["data"]["lora"]["r"] == 16
+    assert "metrics/eval.json" in r16[0]["data"]["metrics"]
+    assert len(versions(clone)) == before + 1
+    assert json.loads((clone / "models/adapter/adapter_config.json").read_text())["r"] == 16
+
+
+def test_temp_experiment_logs_into_the_same_store(clone):
+    before = len(versions(clone))
+    sh(clone, "dvc", "exp", "run", "--temp", "-n", "temp-lr", "-S", "train.learning_rate=0.003")
+    after = versions(clone)
+    assert len(after) == before + 1
+    newest = after[-1]
+    run = client(clone).get_run(newest.run_id)
+    assert run.info.run_name == "temp-lr" and run.data.tags["dvc_exp_name"] == "temp-lr"
+    assert run.data.params["train.learning_rate"] == "0.003"
+    # The artifacts live beside the shared store, not in the deleted temp copy.
+    assert newest.source.startswith((clone / "mlartifacts").as_uri())
+    assert (Path(newest.source.removeprefix("file://")) / "adapter_config.json").is_file()
+    assert not list((clone / ".dvc/tmp/exps").glob("*/mlflow.db"))

@@ -1,0 +1,53 @@
+import pytest
+
+from mna_tune.modeling import (QWEN3_VOCAB_SIZE, TINY, ModelSourceError, load_base_model, qwen_tiktoken_path,
+                               resolve_base)
+
+
+def test_qwen3_tokenizer_is_built_offline_with_the_real_ids(qwen3_tokenizer):
+    assert qwen3_tokenizer("Hello, world!").input_ids == [9707, 11, 1879, 0]
+    ids = qwen3_tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>", "<think>", "</think>"])
+    assert ids == [151644, 151645, 151667, 151668]
+    assert qwen3_tokenizer.eos_token == "<|im_end|>" and qwen3_tokenizer.pad_token == "<|endoftext|>"
+    assert len(qwen3_tokenizer) == 151669
+
+
+def test_korean_round_trips_and_nfd_input_is_composed(qwen3_tokenizer):
+    text = "합병의 두 가지 유형은 무엇인가요? 2024년"
+    ids = qwen3_tokenizer(text).input_ids
+    assert qwen3_tokenizer.decode(ids) == text
+    nfd = "\u1112\u1161\u11b8\u1107\u1167\u11bc"  # 합병, decomposed
+    assert qwen3_tokenizer(nfd).input_ids == qwen3_tokenizer("합병").input_ids
+
+
+def test_think_tags_survive_decoding_but_im_end_does_not(qwen3_tokenizer):
+    ids = qwen3_tokenizer("<think>\n\n</think>\n\n답<|im_end|>").input_ids
+    assert qwen3_tokenizer.decode(ids, skip_special_tokens=True) == "<think>\n\n</think>\n\n답"
+
+
+def test_tiktoken_file_is_verified():
+    assert qwen_tiktoken_path().name == "qwen.tiktoken"
+
+
+def test_resolve_base(tmp_path):
+    assert resolve_base(TINY).kind == "tiny"
+    assert resolve_base("Qwen/Qwen3-8B").kind == "hub"
+    (tmp_path / "model").mkdir()
+    with pytest.raises(ModelSourceError, match="holds no config.json"):
+        resolve_base(str(tmp_path / "model"))
+    (tmp_path / "model" / "config.json").write_text("{}")
+    assert resolve_base(str(tmp_path / "model")).kind == "folder"
+    with pytest.raises(ModelSourceError, match="model folder not found"):
+        resolve_base(str(tmp_path / "missing"))
+    with pytest.raises(ModelSourceError, match="neither"):
+        resolve_base("not a model")
+
+
+def test_tiny_model_is_reproducible_from_its_seed():
+    import torch
+
+    a, b, c = load_base_model(TINY, 0), load_base_model(TINY, 0), load_base_model(TINY, 1)
+    assert a.config.vocab_size == QWEN3_VOCAB_SIZE and a.config.model_type == "qwen3"
+    weights = a.model.layers[0].self_attn.q_proj.weight
+    assert torch.equal(weights, b.model.layers[0].self_attn.q_proj.weight)
+    assert not torch.equal(weights, c.model.layers[0].self_attn.q_proj.weight)

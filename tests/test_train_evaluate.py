@@ -1,0 +1,127 @@
+"""train and evaluate on a handful of rows: adapter format, answer-only labels, MLflow run
+and registry version. The full pipeline runs in test_e2e_dvc.py."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mna_tune.chat import build_messages, render_completion, render_prompt
+from mna_tune.data.io import write_jsonl
+from mna_tune.data.text import content_id
+from mna_tune.params import load_params
+
+from conftest import REPO
+
+QA = [
+    ("합병이란 무엇인가요?", "두 회사가 하나로 합쳐지는 것입니다."),
+    ("공개매수란 무엇인가요?", "장외에서 주식을 사겠다고 공고하는 것입니다."),
+    ("실사란 무엇인가요?", "대상 회사를 조사하는 절차입니다."),
+    ("영업권이란 무엇인가요?", "인수 대가가 순자산 공정가치를 넘는 부분입니다."),
+]
+
+
+def chat_rows(pairs):
+    return [{"id": content_id(q, a), "source": "mna", "category": "M&A", "messages": build_messages(q, a)}
+            for q, a in pairs]
+
+
+def tiny_params(tmp_path, **train):
+    params = load_params(REPO / "params.yaml")
+    return params.model_copy(update={
+        "train": params.train.model_copy(update={"max_steps": 3, "per_device_train_batch_size": 2,
+                                                 "gradient_accumulation_steps": 1, **train}),
+        "evaluate": params.evaluate.model_copy(update={"max_new_tokens": 8, "batch_size": 4}),
+    })
+
+
+@pytest.fixture
+def workspace(in_tmp, monkeypatch):
+    monkeypatch.setenv("DVC_ROOT", str(in_tmp))  # the MLflow store lands in this folder
+    write_jsonl(in_tmp / "data/processed/train.jsonl", chat_rows(QA * 2))
+    write_jsonl(in_tmp / "data/processed/val.jsonl", chat_rows(QA[:2]))
+    write_jsonl(in_tmp / "data/processed/test.jsonl", chat_rows(QA[2:]))
+    return in_tmp
+
+
+def test_only_the_answer_and_its_end_of_turn_token_carry_loss(qwen3_tokenizer):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from mna_tune.modeling import load_base_model
+
+    messages = build_messages(*QA[0])
+    record = {"prompt": render_prompt(messages), "completion": render_completion(QA[0][1])}
+    trainer = SFTTrainer(model=load_base_model("tiny-qwen3"), processing_class=qwen3_tokenizer,
+                         args=SFTConfig(output_dir="/tmp/unused", report_to="none", completion_only_loss=True,
+                                        max_length=384, bf16=False),
+                         train_dataset=Dataset.from_list([record]))
+    example = trainer.train_dataset[0]
+    ids, labels = example["input_ids"], example["labels"]
+    learned = [label for label in labels if label != -100]
+    assert learned == qwen3_tokenizer(QA[0][1] + "<|im_end|>", add_special_tokens=False).input_ids
+    assert learned[-1] == 151645  # <|im_end|>
+    assert learned == ids[-len(learned):]  # labels are the input ids themselves, not shifted copies
+    masked = qwen3_tokenizer.decode([token for token, label in zip(ids, labels) if label == -100])
+    assert masked == render_prompt(messages)  # system, user and the empty think block are context only
+
+
+def test_train_writes_a_peft_adapter_and_logs_to_mlflow(workspace):
+    import mlflow
+    from peft import PeftModel
+
+    from mna_tune.modeling import load_base_model
+    from mna_tune.train import run_train
+
+    metrics = run_train(tiny_params(workspace))
+    adapter = workspace / "models/adapter"
+    assert (adapter / "adapter_model.safetensors").is_file()
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (8, 32, 0.1)
+    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                             "down_proj"}
+    PeftModel.from_pretrained(load_base_model("tiny-qwen3"), str(adapter))
+    assert metrics["steps"] == 3 and metrics["train_rows"] == 8 and metrics["val_loss"] > 0
+    assert json.loads((workspace / "metrics/train.json").read_text()) == metrics
+
+    run_id = json.loads((workspace / "models/train_run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{workspace}/mlflow.db")
+    run = client.get_run(run_id)
+    assert run.data.params["lora.r"] == "8" and run.data.params["model.base"] == "tiny-qwen3"
+    assert len(client.get_metric_history(run_id, "train/loss")) == 3  # one point per step
+    assert "adapter_model.safetensors" in [f.path.split("/")[-1] for f in client.list_artifacts(run_id, "adapter")]
+
+
+def test_training_lowers_the_loss_on_rows_it_sees(workspace):
+    from mna_tune.train import run_train
+
+    metrics = run_train(tiny_params(workspace, max_steps=40, learning_rate=5e-3, warmup_ratio=0.0))
+    curve = [float(line.split(",")[1]) for line in (workspace / "plots/train_loss.csv").read_text().splitlines()[1:]]
+    assert len(curve) == 40
+    assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 0.3
+
+
+def test_evaluate_scores_the_test_split_and_registers_a_version(workspace):
+    import mlflow
+
+    from mna_tune.evaluate import run_evaluate
+    from mna_tune.train import run_train
+
+    params = tiny_params(workspace)
+    run_train(params)
+    metrics = run_evaluate(params)
+    assert metrics["test_rows"] == 2 and metrics["generated_rows"] == 2
+    assert metrics["eval_loss"] > 0 and 0 <= metrics["rougeL_f1"] <= 1 and 0 <= metrics["korean_only_share"] <= 1
+    predictions = [json.loads(line) for line in (workspace / "reports/predictions.jsonl").read_text().splitlines()]
+    assert [p["question"] for p in predictions] == [q for q, _ in QA[2:]]
+    assert all("<think>" not in p["prediction"] for p in predictions)
+
+    client = mlflow.MlflowClient(f"sqlite:///{workspace}/mlflow.db")
+    version = client.get_model_version(params.mlflow.registered_model, str(metrics["model_version"]))
+    run_id = json.loads((workspace / "models/train_run.json").read_text())["run_id"]
+    assert version.run_id == run_id and version.source.endswith("/adapter")
+    assert version.tags["lineage.verified"] == "false"  # no dvc.lock here: nothing vouches for the data
+    assert client.get_run(run_id).data.metrics["eval/eval_loss"] == pytest.approx(metrics["eval_loss"])
+    local = mlflow.artifacts.download_artifacts(f"models:/{params.mlflow.registered_model}/{version.version}",
+                                                dst_path=str(workspace / "dl"), tracking_uri=client.tracking_uri)
+    assert (Path(local) / "adapter_config.json").is_file()
