@@ -88,8 +88,10 @@ def test_full_repro_produces_every_output(clone):
     assert all(filtered["dropped"][reason] > 0 for reason in ("excluded_category", "echo", "below_min_score"))
     assert json.loads((clone / "metrics/merge.json").read_text())["exact_duplicates_removed"] > 0
     evaluation = json.loads((clone / "metrics/eval.json").read_text())
-    assert {"eval_loss", "rougeL_f1", "chrf", "korean_only_share"} <= set(evaluation)
-    assert evaluation["model_version"] == 1
+    for name in ("adapter", "base", "delta"):
+        assert {"eval_loss", "rougeL_f1", "chrf", "korean_only_share", "domain_term_recall"} <= set(evaluation[name])
+    assert evaluation["model_version"] == 1 and evaluation["base_from_cache"] is False
+    assert "## By source" in (clone / "reports/eval.md").read_text()
     shown = sh(clone, "dvc", "metrics", "show", "--json").stdout
     assert "rougeL_f1" in shown and "eval_loss" in shown
 
@@ -139,7 +141,10 @@ def test_exp_run_and_exp_show(clone):
     runs = [run for exp in exps for run in (exp.get("revs") or [])]
     r16 = [run for run in runs if run.get("name") == "lora-r16"]
     assert r16 and r16[0]["data"]["params"]["params.yaml"]["data"]["lora"]["r"] == 16
-    assert "metrics/eval.json" in r16[0]["data"]["metrics"]
+    r16_eval = r16[0]["data"]["metrics"]["metrics/eval.json"]["data"]
+    assert "rougeL_f1" in r16_eval["delta"] and r16_eval["base_from_cache"] is True  # base reused
+    baseline = shown[0]["data"]["metrics"]["metrics/eval.json"]["data"]
+    assert "rougeL_f1" in baseline["delta"]  # a second experiment's deltas, side by side
     assert len(versions(clone)) == before + 1
     assert json.loads((clone / "models/adapter/adapter_config.json").read_text())["r"] == 16
 

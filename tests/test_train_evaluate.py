@@ -32,6 +32,7 @@ def tiny_params(tmp_path, **train):
         "train": params.train.model_copy(update={"max_steps": 3, "per_device_train_batch_size": 2,
                                                  "gradient_accumulation_steps": 1, **train}),
         "evaluate": params.evaluate.model_copy(update={"max_new_tokens": 8, "batch_size": 4}),
+        "filter": params.filter.model_copy(update={"lexicon_path": REPO / "data/lexicon/domain_terms.tsv"}),
     })
 
 
@@ -101,7 +102,7 @@ def test_training_lowers_the_loss_on_rows_it_sees(workspace):
     assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 0.3
 
 
-def test_evaluate_scores_the_test_split_and_registers_a_version(workspace):
+def test_evaluate_compares_base_and_adapter_and_registers_a_version(workspace):
     import mlflow
 
     from mna_tune.evaluate import run_evaluate
@@ -110,18 +111,40 @@ def test_evaluate_scores_the_test_split_and_registers_a_version(workspace):
     params = tiny_params(workspace)
     run_train(params)
     metrics = run_evaluate(params)
-    assert metrics["test_rows"] == 2 and metrics["generated_rows"] == 2
-    assert metrics["eval_loss"] > 0 and 0 <= metrics["rougeL_f1"] <= 1 and 0 <= metrics["korean_only_share"] <= 1
+    assert metrics["test_rows"] == 2 and metrics["generated_rows"] == 2 and metrics["base_from_cache"] is False
+    for name in ("adapter", "base"):
+        assert metrics[name]["eval_loss"] > 0 and 0 <= metrics[name]["rougeL_f1"] <= 1
+        assert 0 <= metrics[name]["korean_only_share"] <= 1 and metrics[name]["gen_tokens_per_second"] > 0
+    assert metrics["delta"]["eval_loss"] == pytest.approx(metrics["adapter"]["eval_loss"] - metrics["base"]["eval_loss"],
+                                                          abs=1e-5)
+    groups = json.loads((workspace / "metrics/eval_groups.json").read_text())
+    assert set(groups["source"]) == {"mna"} and set(groups["category"]) == {"M&A"}
     predictions = [json.loads(line) for line in (workspace / "reports/predictions.jsonl").read_text().splitlines()]
     assert [p["question"] for p in predictions] == [q for q, _ in QA[2:]]
-    assert all("<think>" not in p["prediction"] for p in predictions)
+    assert all("<think>" not in p["adapter"] and "base" in p for p in predictions)
+    report = (workspace / "reports/eval.md").read_text()
+    assert "## Overall" in report and "## By category" in report and QA[2][0] in report
 
     client = mlflow.MlflowClient(f"sqlite:///{workspace}/mlflow.db")
-    version = client.get_model_version(params.mlflow.registered_model, str(metrics["model_version"]))
+    name = params.mlflow.registered_model
+    version = client.get_model_version(name, str(metrics["model_version"]))
     run_id = json.loads((workspace / "models/train_run.json").read_text())["run_id"]
     assert version.run_id == run_id and version.source.endswith("/adapter")
     assert version.tags["lineage.verified"] == "false"  # no dvc.lock here: nothing vouches for the data
-    assert client.get_run(run_id).data.metrics["eval/eval_loss"] == pytest.approx(metrics["eval_loss"])
-    local = mlflow.artifacts.download_artifacts(f"models:/{params.mlflow.registered_model}/{version.version}",
+    assert client.get_model_version_by_alias(name, "candidate").version == version.version
+    # tiny-qwen3 writes no Korean: the default gate (Korean-only >= 0.9) keeps it from champion
+    assert metrics["gate_passed"] is False and version.tags["gate.passed"] == "false"
+    assert "Korean-only share" in version.tags["gate.reason"]
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias(name, "champion")
+    run = client.get_run(run_id)
+    assert run.data.metrics["eval/adapter/eval_loss"] == pytest.approx(metrics["adapter"]["eval_loss"])
+    artifacts = [f.path for f in client.list_artifacts(run_id, "eval")]
+    assert "eval/eval.md" in artifacts and "eval/predictions.json" in artifacts
+    local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}",
                                                 dst_path=str(workspace / "dl"), tracking_uri=client.tracking_uri)
     assert (Path(local) / "adapter_config.json").is_file()
+
+    again = run_evaluate(params)  # the base model's outputs now come from the cache
+    assert again["base_from_cache"] is True and again["base"] == {**metrics["base"],
+                                                                  "gen_tokens_per_second": again["base"]["gen_tokens_per_second"]}

@@ -54,6 +54,22 @@ def _evaluate(p: Params) -> None:
     run_evaluate(p)
 
 
+def _promote(p: Params, args: argparse.Namespace) -> None:
+    from .tracking import Tracker
+
+    tracker = Tracker(p.mlflow)
+    tracker.version(args.version)  # fails clearly for an unknown version
+    previous = tracker.promote(args.version, f"manual promotion: {args.reason}", "cli")
+    print(f"{p.mlflow.registered_model}: champion -> v{args.version} (was {'v' + previous if previous else 'unset'})")
+
+
+def _rollback(p: Params, args: argparse.Namespace) -> None:
+    from .tracking import Tracker
+
+    current, target = Tracker(p.mlflow).rollback(f"manual rollback: {args.reason}")
+    print(f"{p.mlflow.registered_model}: champion v{current} -> v{target}")
+
+
 STAGES = {"extract": _extract, "filter": _filter, "merge": _merge, "split": _split, "train": _train,
           "evaluate": _evaluate}
 
@@ -64,9 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for name in STAGES:
         commands.add_parser(name, help=f"run the {name} stage")
+    promote = commands.add_parser("promote", help="point the champion alias at a registered version")
+    promote.add_argument("version")
+    promote.add_argument("--reason", default="no reason given")
+    rollback = commands.add_parser("rollback", help="move the champion alias back to the previous champion")
+    rollback.add_argument("--reason", default="no reason given")
     args = parser.parse_args(argv)
     try:
-        STAGES[args.command](load_params(args.params))
+        params = load_params(args.params)
+        if args.command in STAGES:
+            STAGES[args.command](params)
+        else:
+            {"promote": _promote, "rollback": _rollback}[args.command](params, args)
     except ValueError as exc:  # every input problem (InputError, ParamsError, ...) is a ValueError
         if os.environ.get("MNA_TUNE_DEBUG"):
             raise

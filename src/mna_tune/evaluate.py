@@ -1,21 +1,25 @@
-"""evaluate stage: the adapter on the test split, Korean-aware metrics, MLflow registry.
+"""evaluate stage: base model vs adapter on the test split, Korean-aware metrics overall,
+per source and per category, a report, and the MLflow registry with the promotion gate.
 
-Answer-only eval loss (same masking as training), greedy generation with left padding,
-ROUGE-L over Kiwi morphemes, chrF and the Korean-only share. The adapter is registered
-as a new version of mlflow.registered_model, tagged with the git commit and the dvc.lock
-md5 of every raw input and every split file.
+The base model's outputs are cached (under <repo root>/.cache/base_eval) by base-model
+identity, generation settings, chat format and the test split's md5, so experiments that
+only change training do not pay for the base model again.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .chat import answer_of, question_of, render_completion, render_prompt, strip_think
+from .chat import answer_of, question_of, render_prompt, strip_think
 from .data.io import file_md5, read_jsonl, write_json, write_jsonl
+from .eval_scoring import ModelRun, compare, score_rows
+from .generation import GenerationSettings, answer_only_losses, generate
+from .gate import GateDecision, decide
 from .params import Params
+from .workspace import project_root
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,10 @@ class EvaluatePaths:
     adapter: Path = Path("models/adapter")
     run_info: Path = Path("models/train_run.json")
     metrics: Path = Path("metrics/eval.json")
+    group_metrics: Path = Path("metrics/eval_groups.json")
+    scores_plot: Path = Path("plots/eval_scores.csv")
     predictions: Path = Path("reports/predictions.jsonl")
+    report: Path = Path("reports/eval.md")
     lock: Path = Path("dvc.lock")
 
 
@@ -32,48 +39,164 @@ def split_files(test_path: Path) -> list[Path]:
     return [test_path.with_name(f"{name}.jsonl") for name in ("train", "val", "test")]
 
 
-def answer_only_loss(model, tokenizer, rows: list[dict], batch_size: int) -> tuple[float, int]:
-    """Token-weighted mean cross-entropy over answer tokens (prompt masked), and the count."""
-    import torch
-
-    total, tokens = 0.0, 0
-    pad = tokenizer.pad_token_id
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
-        seqs, labels = [], []
-        for row in batch:
-            prompt = tokenizer(render_prompt(row["messages"]), add_special_tokens=False).input_ids
-            answer = tokenizer(render_completion(answer_of(row["messages"])), add_special_tokens=False).input_ids
-            seqs.append(prompt + answer)
-            labels.append([-100] * len(prompt) + answer)
-        width = max(len(seq) for seq in seqs)
-        input_ids = torch.tensor([seq + [pad] * (width - len(seq)) for seq in seqs], device=model.device)
-        attention = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq in seqs], device=model.device)
-        label_ids = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels], device=model.device)
-        with torch.no_grad():
-            loss = model(input_ids=input_ids, attention_mask=attention, labels=label_ids).loss
-        counted = int((label_ids[:, 1:] != -100).sum())  # the model shifts labels by one
-        total += float(loss) * counted
-        tokens += counted
-    return total / max(tokens, 1), tokens
+def settings_of(params: Params) -> GenerationSettings:
+    e = params.evaluate
+    return GenerationSettings(e.max_new_tokens, e.batch_size, e.do_sample, e.temperature, e.top_k, e.top_p,
+                              e.repetition_penalty)
 
 
-def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int):
-    """Greedy answers, batched with left padding. Returns raw texts, new-token count, seconds."""
-    import torch
+def base_identity(params: Params) -> dict:
+    """What makes the base model's outputs what they are."""
+    from .modeling import resolve_base
 
-    tokenizer.padding_side = "left"
-    texts, new_tokens, started = [], 0, time.perf_counter()
-    for start in range(0, len(prompts), batch_size):
-        encoded = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(model.device)
-        with torch.no_grad():
-            output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        generated = output[:, encoded["input_ids"].shape[1]:]
-        new_tokens += int((generated != tokenizer.pad_token_id).sum())
-        texts.extend(tokenizer.batch_decode(generated, skip_special_tokens=True))
-    return texts, new_tokens, time.perf_counter() - started
+    source = resolve_base(params.model.base)
+    identity = {"base": source.name, "kind": source.kind, "dtype": params.model.dtype}
+    if source.kind == "tiny":
+        identity["tiny_seed"] = params.model.tiny_seed
+    elif source.kind == "folder":
+        folder = Path(source.name)
+        identity["config_md5"] = file_md5(folder / "config.json")
+        identity["weights"] = sorted((p.name, p.stat().st_size) for p in folder.glob("*.safetensors"))
+    return identity
+
+
+def base_cache_path(params: Params, test_md5: str, generate_rows: int) -> Path:
+    chat_md5 = file_md5(Path(__file__).with_name("chat.py"))
+    key = json.dumps({"model": base_identity(params), "generation": asdict(settings_of(params)),
+                      "test_md5": test_md5, "rows": generate_rows, "chat_md5": chat_md5, "seed": params.train.seed},
+                     sort_keys=True)
+    return project_root() / ".cache" / "base_eval" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def run_model(model, tokenizer, rows: list[dict], gen_rows: list[dict], settings: GenerationSettings) -> ModelRun:
+    losses = answer_only_losses(model, tokenizer, rows, settings.batch_size)
+    raw, new_tokens, seconds = generate(model, tokenizer, [render_prompt(r["messages"]) for r in gen_rows], settings)
+    return ModelRun(losses, raw, new_tokens, seconds)
+
+
+def base_run(model, tokenizer, rows, gen_rows, params: Params, cache: Path) -> tuple[ModelRun, bool]:
+    if cache.is_file():
+        data = json.loads(cache.read_text(encoding="utf-8"))
+        return ModelRun([tuple(x) for x in data["losses"]], data["raw"], data["new_tokens"], data["seconds"]), True
+    with model.disable_adapter():  # the same weights without LoRA: the base model
+        run = run_model(model, tokenizer, rows, gen_rows, settings_of(params))
+    write_json(cache, asdict(run))
+    return run, False
+
+
+def run_evaluate(params: Params, paths: EvaluatePaths = EvaluatePaths()) -> dict:
+    from transformers import set_seed
+
+    from .data.scoring import LexiconScorer
+    from .modeling import load_adapter_model, load_tokenizer
+    from .report import render
+    from .tracking import Tracker, git_info, lineage_from_lock
+
+    rows = list(read_jsonl(paths.test))
+    if not rows:
+        raise ValueError(f"{paths.test}: the test split is empty")
+    cfg = params.evaluate
+    gen_rows = rows[: cfg.max_generate_rows] if cfg.max_generate_rows else rows
+    tokenizer = load_tokenizer(params.model.base)
+    model = load_adapter_model(params.model.base, paths.adapter, params.model.tiny_seed, params.model.dtype)
+
+    set_seed(params.train.seed)
+    adapter = run_model(model, tokenizer, rows, gen_rows, settings_of(params))
+    set_seed(params.train.seed)
+    cache = base_cache_path(params, file_md5(paths.test), len(gen_rows))
+    base, cached = base_run(model, tokenizer, rows, gen_rows, params, cache)
+
+    references = [answer_of(row["messages"]) for row in gen_rows]
+    terms = LexiconScorer.from_tsv(params.filter.lexicon_path).pattern
+    predictions = {name: [strip_think(text) for text in run.raw] for name, run in (("adapter", adapter),
+                                                                                   ("base", base))}
+    scores = {name: score_rows(predictions[name], run.raw, references, terms)
+              for name, run in (("adapter", adapter), ("base", base))}
+    overall, by_group = compare(rows, {"adapter": adapter, "base": base}, scores, predictions, references)
+
+    prediction_rows = [
+        {"id": row["id"], "source": row["source"], "category": row["category"], "question": question_of(row["messages"]),
+         "reference": ref, "adapter": predictions["adapter"][i], "base": predictions["base"][i],
+         "adapter_raw": adapter.raw[i], "base_raw": base.raw[i],
+         "adapter_rougeL_f1": round(scores["adapter"][i]["rougeL_f1"], 6),
+         "base_rougeL_f1": round(scores["base"][i]["rougeL_f1"], 6),
+         "adapter_korean_only": scores["adapter"][i]["korean_only"],
+         "adapter_loss": round(adapter.losses[i][0] / max(adapter.losses[i][1], 1), 6),
+         "base_loss": round(base.losses[i][0] / max(base.losses[i][1], 1), 6)}
+        for i, (row, ref) in enumerate(zip(gen_rows, references))
+    ]
+    write_jsonl(paths.predictions, prediction_rows)
+    write_json(paths.group_metrics, by_group)
+    paths.scores_plot.parent.mkdir(parents=True, exist_ok=True)
+    paths.scores_plot.write_text("metric,base,adapter\n" + "".join(
+        f"{m},{overall['base'][m]},{overall['adapter'][m]}\n" for m in ("rougeL_f1", "chrf", "korean_only_share",
+                                                                        "exact_match", "domain_term_recall")
+        if m in overall["adapter"]), encoding="utf-8")
+
+    # ---- MLflow: metrics, artifacts, a new registry version, the gate ----
+    tracker = Tracker(params.mlflow)
+    run_id = json.loads(paths.run_info.read_text(encoding="utf-8"))["run_id"]
+    for name in ("adapter", "base", "delta"):
+        tracker.log_metrics(run_id, {f"eval/{name}/{k}": v for k, v in overall[name].items()})
+    lineage = lineage_from_lock(paths.lock, lineage_paths(params, paths.test))
+    # The lock must describe the split files evaluated here; a stale lock (a stage run by
+    # hand outside DVC) is flagged rather than trusted.
+    verified = all(lineage.get(f"lineage.split.{path}") == file_md5(path) for path in split_files(paths.test))
+    eval_tags = {f"eval.{name}.{k}": str(v) for name in ("adapter", "base") for k, v in overall[name].items()}
+    version = tracker.register_adapter(run_id, "adapter", {
+        **git_info(), **lineage, **eval_tags, "lineage.verified": str(verified).lower(), "mlflow_run_id": run_id,
+        "model.base": params.model.base, "eval.test_md5": file_md5(paths.test),
+    }).version
+    decision = apply_gate(tracker, version, overall["adapter"], overall["base"], cfg.gate)
+    tracker.set_tags(run_id, {"registered_model": params.mlflow.registered_model, "registered_version": str(version)})
+
+    metrics = {**overall, "test_rows": len(rows), "generated_rows": len(gen_rows), "base_from_cache": cached,
+               "model_version": int(version), "gate_passed": decision.passed}
+    samples = [{"question": r["question"], "source": r["source"], "category": r["category"],
+                "reference": r["reference"], "base": r["base"], "adapter": r["adapter"]}
+               for r in prediction_rows[: cfg.report_samples]]
+    header = [f"- base model: `{params.model.base}`; adapter: `{params.mlflow.registered_model}` version {version} "
+              f"(MLflow run `{run_id}`)",
+              f"- test rows: {len(rows)} (answers generated for {len(gen_rows)}); base outputs "
+              f"{'from cache' if cached else 'computed in this run'}",
+              f"- decoding: {'sampling' if cfg.do_sample else 'greedy'}, max {cfg.max_new_tokens} new tokens",
+              f"- gate ({cfg.gate.metric}, min delta {cfg.gate.min_delta}, Korean-only ≥ {cfg.gate.min_korean_only}): "
+              f"{'PASSED → champion' if decision.passed else 'not passed'} — {decision.reason}"]
+    paths.report.parent.mkdir(parents=True, exist_ok=True)
+    paths.report.write_text(render("Evaluation: base vs adapter", overall, by_group, samples, header),
+                            encoding="utf-8")
+    write_json(paths.metrics, metrics)
+    tracker.log_artifact(run_id, paths.report, "eval")
+    tracker.log_artifact(run_id, paths.group_metrics, "eval")
+    tracker.log_table(run_id, prediction_rows, "eval/predictions.json")
+    if paths.lock.exists():
+        tracker.log_artifact(run_id, paths.lock, "lineage")
+
+    a, d = overall["adapter"], overall["delta"]
+    print(f"evaluate: adapter ROUGE-L {a.get('rougeL_f1')} ({d.get('rougeL_f1', 0):+}), chrF {a.get('chrf')} "
+          f"({d.get('chrf', 0):+}), loss {a['eval_loss']} ({d['eval_loss']:+}), Korean-only "
+          f"{a.get('korean_only_share')}; registered v{version} (lineage verified: {verified}); gate "
+          f"{'passed: champion' if decision.passed else 'not passed'}: {decision.reason}")
+    return metrics
+
+
+def apply_gate(tracker, version: str, candidate: dict, base: dict, gate) -> GateDecision:
+    """Every new version becomes `candidate`; `champion` moves to it only if the gate passes.
+    The decision and its reason are recorded on the version either way."""
+
+    tracker.set_candidate(version)
+    champion = tracker.alias_version(tracker.CHAMPION)
+    champion_metrics = None
+    if champion is not None:
+        champion_metrics = {key.removeprefix("eval.adapter."): float(value) for key, value in champion.tags.items()
+                            if key.startswith("eval.adapter.")}
+    decision = decide(gate.metric, gate.min_delta, gate.min_korean_only, candidate, champion_metrics, base,
+                      champion.version if champion else None)
+    if decision.passed:
+        tracker.promote(version, decision.reason, "gate")
+    else:
+        tracker.record_decision(version, False, decision.reason, "gate")
+    return decision
 
 
 def lineage_paths(params: Params, test_path: Path) -> dict[str, list[str]]:
@@ -86,71 +209,3 @@ def lineage_paths(params: Params, test_path: Path) -> dict[str, list[str]]:
         "merge": [str(params.data.mna_path)],
         "split": [str(path) for path in split_files(test_path)],
     }
-
-
-def run_evaluate(params: Params, paths: EvaluatePaths = EvaluatePaths()) -> dict:
-    import json
-
-    from transformers import set_seed
-
-    from . import korean_metrics as km
-    from .modeling import load_adapter_model, load_tokenizer
-    from .tracking import Tracker, git_info, lineage_from_lock
-
-    set_seed(params.train.seed)
-    rows = list(read_jsonl(paths.test))
-    if not rows:
-        raise ValueError(f"{paths.test}: the test split is empty")
-    tokenizer = load_tokenizer(params.model.base)
-    model = load_adapter_model(params.model.base, paths.adapter, params.model.tiny_seed, params.model.dtype)
-    cfg = params.evaluate
-
-    loss, loss_tokens = answer_only_loss(model, tokenizer, rows, cfg.batch_size)
-    gen_rows = rows[: cfg.max_generate_rows] if cfg.max_generate_rows else rows
-    raw, new_tokens, seconds = generate_answers(
-        model, tokenizer, [render_prompt(row["messages"]) for row in gen_rows], cfg.max_new_tokens, cfg.batch_size)
-    predictions = [strip_think(text) for text in raw]
-    references = [answer_of(row["messages"]) for row in gen_rows]
-    rouge = km.rouge_l_f1(predictions, references)
-    korean = [km.is_korean_only(text) for text in predictions]
-
-    metrics = {
-        "eval_loss": round(loss, 6),
-        "perplexity": round(math.exp(min(loss, 50.0)), 4),
-        "rougeL_f1": round(sum(rouge) / len(rouge), 6),
-        "chrf": round(km.chrf(predictions, references), 4),
-        "korean_only_share": round(sum(korean) / len(korean), 6),
-        "test_rows": len(rows),
-        "generated_rows": len(gen_rows),
-        "answer_tokens_scored": loss_tokens,
-        "gen_tokens_per_second": round(new_tokens / seconds, 2) if seconds > 0 else None,
-    }
-    write_jsonl(paths.predictions, (
-        {"id": row["id"], "source": row["source"], "category": row["category"],
-         "question": question_of(row["messages"]), "reference": ref, "prediction": pred, "raw_output": text,
-         "rougeL_f1": round(score, 6), "korean_only": ko}
-        for row, ref, pred, text, score, ko in zip(gen_rows, references, predictions, raw, rouge, korean)
-    ))
-
-    tracker = Tracker(params.mlflow)
-    run_id = json.loads(paths.run_info.read_text(encoding="utf-8"))["run_id"]
-    tracker.log_metrics(run_id, {f"eval/{key}": value for key, value in metrics.items() if value is not None})
-    tracker.log_artifact(run_id, paths.predictions, "eval")
-    if paths.lock.exists():
-        tracker.log_artifact(run_id, paths.lock, "lineage")
-    lineage = lineage_from_lock(paths.lock, lineage_paths(params, paths.test))
-    # The lock must describe the split files evaluated here; a stale lock (a stage run by
-    # hand outside DVC) is flagged rather than trusted.
-    verified = all(lineage.get(f"lineage.split.{path}") == file_md5(path) for path in split_files(paths.test))
-    version = tracker.register_adapter(run_id, "adapter", {
-        **git_info(), **lineage, "lineage.verified": str(verified).lower(), "mlflow_run_id": run_id,
-        "model.base": params.model.base,
-    })
-    tracker.set_tags(run_id, {"registered_model": params.mlflow.registered_model,
-                              "registered_version": str(version.version)})
-    metrics["model_version"] = int(version.version)
-    write_json(paths.metrics, metrics)
-    print(f"evaluate: loss {metrics['eval_loss']}, ROUGE-L {metrics['rougeL_f1']}, chrF {metrics['chrf']}, "
-          f"Korean-only {metrics['korean_only_share']}; registered {params.mlflow.registered_model} "
-          f"v{version.version} (lineage verified: {verified})")
-    return metrics

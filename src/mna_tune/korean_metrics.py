@@ -71,3 +71,38 @@ def hangul_share(text: str) -> float:
 
 def is_korean_only(text: str) -> bool:
     return hangul_share(text) >= KOREAN_ONLY_MIN_HANGUL and not any(_is_cjk_or_kana(char) for char in text)
+
+
+_TRAILING_PUNCT = ".!?。 "
+
+
+def normalise_answer(text: str) -> str:
+    """For exact match: NFC, whitespace collapsed, Latin lower-cased, final punctuation dropped."""
+    collapsed = " ".join(unicodedata.normalize("NFC", text).split()).lower()
+    return collapsed.rstrip(_TRAILING_PUNCT)
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    return normalise_answer(prediction) == normalise_answer(reference)
+
+
+def think_leak(raw_output: str) -> bool:
+    """Any think tag in what the model wrote after the (already closed) empty think block:
+    a no-think adapter must not start thinking, nor leave a dangling tag."""
+    return "<think>" in raw_output or "</think>" in raw_output
+
+
+def length_ratio(prediction: str, reference: str) -> float:
+    reference_length = len("".join(reference.split()))
+    return len("".join(prediction.split())) / reference_length if reference_length else 0.0
+
+
+def domain_terms(text: str, pattern) -> set[str]:
+    """Lexicon terms (a compiled alternation, longest first) found in `text`."""
+    return set(pattern.findall(" ".join(unicodedata.normalize("NFC", text).split())))
+
+
+def domain_term_hits(prediction: str, reference: str, pattern) -> tuple[int, int]:
+    """(reference terms found in the prediction, reference terms): summed into a micro recall."""
+    wanted = domain_terms(reference, pattern)
+    return len(wanted & domain_terms(prediction, pattern)), len(wanted)

@@ -115,11 +115,28 @@ class TrainParams(_Section):
         return value
 
 
+class GateParams(_Section):
+    # Metric that must improve over the current champion (over the base model when there is none).
+    metric: Literal["eval_loss", "perplexity", "rougeL_f1", "chrf", "exact_match", "korean_only_share",
+                    "domain_term_recall"] = "rougeL_f1"
+    min_delta: float = 0.0
+    min_korean_only: float = Field(0.9, ge=0, le=1)
+
+
 class EvaluateParams(_Section):
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(8, ge=1)
     # Cap on test rows to generate for (null: all). Eval loss always covers every test row.
     max_generate_rows: int | None = Field(None, ge=1)
+    # Greedy by default; the original notebook sampled with temperature 0.1, top-k 2,
+    # top-p 0.95 and repetition penalty 1.2.
+    do_sample: bool = False
+    temperature: float = Field(0.1, gt=0)
+    top_k: int = Field(2, ge=1)
+    top_p: float = Field(0.95, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    report_samples: int = Field(5, ge=0)
+    gate: GateParams = GateParams()
 
 
 class MlflowParams(_Section):

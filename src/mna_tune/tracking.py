@@ -10,22 +10,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .params import MlflowParams
-
-
-def project_root() -> Path:
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if (folder / ".dvc").is_dir():
-            return folder
-    return here
+from .workspace import project_root
 
 
 def tracking_uri(params: MlflowParams) -> str:
@@ -143,3 +135,68 @@ class Tracker:
                     tracker.log_metrics(run_id, {f"train/{k}": v for k, v in logs.items()}, step=state.global_step)
 
         return _StepLogger()
+
+    # ---- aliases and the promotion gate ----
+
+    CHAMPION, CANDIDATE = "champion", "candidate"
+    _HISTORY_TAG = "champion_history"
+
+    def version(self, version: str):
+        return self.client.get_model_version(self.params.registered_model, str(version))
+
+    def alias_version(self, alias: str):
+        try:
+            return self.client.get_model_version_by_alias(self.params.registered_model, alias)
+        except self.mlflow.exceptions.MlflowException:
+            return None
+
+    def _history(self) -> list[str]:
+        model = self.client.get_registered_model(self.params.registered_model)
+        value = model.tags.get(self._HISTORY_TAG, "")
+        return [v for v in value.split(",") if v]
+
+    def _set_champion(self, version: str, history: list[str]) -> None:
+        name = self.params.registered_model
+        self.client.set_registered_model_alias(name, self.CHAMPION, str(version))
+        self.client.set_registered_model_tag(name, self._HISTORY_TAG, ",".join(history))
+
+    def set_candidate(self, version: str) -> None:
+        self.client.set_registered_model_alias(self.params.registered_model, self.CANDIDATE, str(version))
+
+    def record_decision(self, version: str, passed: bool, reason: str, how: str) -> None:
+        """The gate's (or a person's) decision, on the version and on its run."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        tags = {"gate.passed": str(passed).lower(), "gate.reason": reason, "gate.decided_by": how,
+                "gate.decided_at": stamp}
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.params.registered_model, str(version), key, value)
+        run_id = self.version(version).run_id
+        if run_id:
+            self.set_tags(run_id, tags)
+
+    def promote(self, version: str, reason: str, how: str) -> str | None:
+        """Point `champion` at `version`; returns the version it pointed at before."""
+        previous = self.alias_version(self.CHAMPION)
+        history = self._history()
+        if not history or history[-1] != str(version):
+            history.append(str(version))
+        self._set_champion(str(version), history)
+        self.record_decision(version, True, reason, how)
+        return str(previous.version) if previous else None
+
+    def rollback(self, reason: str) -> tuple[str, str]:
+        """Move `champion` back to the version that held it before; returns (from, to)."""
+        history = self._history()
+        if len(history) < 2:
+            raise ValueError(f"{self.params.registered_model}: no earlier champion to roll back to "
+                             f"(champion history: {history or 'empty'})")
+        current, target = history[-1], history[-2]
+        self._set_champion(target, history[:-1])
+        for key, value in {"rollback.reason": reason, "rollback.to": target}.items():
+            self.client.set_model_version_tag(self.params.registered_model, current, key, value)
+        return current, target
+
+    def log_table(self, run_id: str, rows: list[dict], artifact_file: str) -> None:
+        import pandas as pd
+
+        self.client.log_table(run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)

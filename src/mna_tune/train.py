@@ -7,6 +7,7 @@ masks the prompt, so only the answer and its end-of-turn token carry loss.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -37,6 +38,15 @@ def sft_records(path: Path) -> list[dict]:
 def count_too_long(tokenizer, records: list[dict], max_length: int) -> int:
     lengths = [len(tokenizer(r["prompt"] + r["completion"]).input_ids) for r in records]
     return sum(length > max_length for length in lengths)
+
+
+def _sort_target_modules(config_path: Path) -> None:
+    """PEFT stores target_modules from a set, so their order follows Python's hash seed and
+    the same training gives a different adapter hash in every process. Sort them."""
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def run_train(params: Params, paths: TrainPaths = TrainPaths()) -> dict:
@@ -112,6 +122,7 @@ def run_train(params: Params, paths: TrainPaths = TrainPaths()) -> dict:
     staging = paths.adapter.with_name(paths.adapter.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     trainer.model.save_pretrained(str(staging))
+    _sort_target_modules(staging / "adapter_config.json")
     shutil.rmtree(paths.adapter, ignore_errors=True)
     staging.rename(paths.adapter)  # the adapter folder appears whole or not at all
 
