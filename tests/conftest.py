@@ -24,3 +24,14 @@ def in_tmp(tmp_path, monkeypatch):
     """Run a stage inside an empty folder (stage paths are relative to the repo root)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def workspace(in_tmp, monkeypatch):
+    """An empty repository-like folder with tiny splits; its MLflow store lands inside."""
+    from pipeline_helpers import write_splits
+
+    monkeypatch.setenv("DVC_ROOT", str(in_tmp))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    write_splits(in_tmp)
+    return in_tmp

@@ -29,13 +29,14 @@ def clone(tmp_path_factory):
     return path
 
 
-def sh(clone, *args, check=True):
+def sh(clone, *args, check=True, extra_env=None):
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "PYTHONPATH": str(clone / "src"),
            "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@test",
            "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@test"}
-    for key in ("DVC_ROOT", "DVC_EXP_NAME"):
+    for key in ("DVC_ROOT", "DVC_EXP_NAME", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
+    env.update(extra_env or {})
     result = subprocess.run(list(args), cwd=clone, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
@@ -113,6 +114,63 @@ def test_registered_version_names_the_exact_data_and_code(clone):
     assert run.data.params["train.learning_rate"] and "train/loss" in run.data.metrics
 
 
+LINEAGE_PATHS = {"extract": "data/sample/aihub", "filter": "data/lexicon/domain_terms.tsv",
+                 "merge": "data/sample/mna_qa.json", "split": "data/processed/train.jsonl"}
+
+
+def test_run_logs_its_datasets_with_dvc_digests(clone):
+    version = versions(clone)[-1]
+    inputs = {item.dataset.name: item for item in client(clone).get_run(version.run_id).inputs.dataset_inputs}
+    train = inputs["train.jsonl"]
+    assert train.dataset.digest == md5_in_lock(clone, "split", "data/processed/train.jsonl")
+    rows = len((clone / "data/processed/train.jsonl").read_text().splitlines())
+    assert json.loads(train.dataset.profile)["num_rows"] == rows
+    assert {t.value for t in train.tags} == {"training"}
+    assert inputs["aihub"].dataset.digest == md5_in_lock(clone, "extract", "data/sample/aihub")
+    assert {"val.jsonl", "test.jsonl", "mna_qa.json"} <= set(inputs)
+
+
+def test_audit_names_the_lock_hashes_and_flags_changed_data(clone):
+    report = json.loads(sh(clone, "mna-tune", "audit", "1", "--json").stdout)
+    recorded = {item["path"]: item["md5"] for item in report["data"]}
+    for stage, path in LINEAGE_PATHS.items():
+        assert recorded[path] == md5_in_lock(clone, stage, path)
+    assert {"data/processed/val.jsonl", "data/processed/test.jsonl"} <= set(recorded)
+    assert report["workspace_matches"] is True and report["code"]["workspace_matches"] is True
+    assert report["params"]["lora.r"] == "8"
+    text = sh(clone, "mna-tune", "audit", "@candidate").stdout
+    assert "still holds" in text and "data/sample/mna_qa.json" in text
+
+    used = json.loads(sh(clone, "mna-tune", "audit", "--data", "data/processed/train.jsonl", "--json").stdout)
+    assert [item["version"] for item in used["versions"]] == ["1"]
+
+    mna = clone / "data/sample/mna_qa.json"
+    original = mna.read_bytes()
+    try:
+        records = json.loads(original)
+        records[0]["answer"] += " (개정)"
+        mna.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+        changed = json.loads(sh(clone, "mna-tune", "audit", "1", "--json").stdout)
+        flags = {item["path"]: item["workspace_matches"] for item in changed["data"]}
+        assert flags["data/sample/mna_qa.json"] is False and flags["data/sample/aihub"] is True
+        assert changed["workspace_matches"] is False
+        assert "does NOT hold" in sh(clone, "mna-tune", "audit", "1").stdout
+        assert json.loads(sh(clone, "mna-tune", "audit", "--data", "data/sample/mna_qa.json",
+                             "--json").stdout)["versions"] == []
+    finally:
+        mna.write_bytes(original)
+
+
+def test_audit_from_a_fresh_clone_that_shares_the_store(clone, tmp_path):
+    other = tmp_path / "other"
+    subprocess.run(["git", "clone", "--quiet", str(clone), str(other)], check=True)
+    shared = {"MLFLOW_TRACKING_URI": f"sqlite:///{clone / 'mlflow.db'}"}
+    report = json.loads(sh(other, "mna-tune", "audit", "1", "--json", extra_env=shared).stdout)
+    state = {item["path"]: (item["workspace_md5"] is not None, item["workspace_matches"]) for item in report["data"]}
+    assert state["data/sample/aihub"] == (True, True)  # raw inputs are in git: the same content
+    assert state["data/processed/train.jsonl"] == (False, False)  # not reproduced in this clone yet
+
+
 def test_second_repro_reruns_nothing(clone):
     result = sh(clone, "dvc", "repro")
     assert ran(result) == []
@@ -159,6 +217,7 @@ def test_temp_experiment_logs_into_the_same_store(clone):
     assert run.info.run_name == "temp-lr" and run.data.tags["dvc_exp_name"] == "temp-lr"
     assert run.data.params["train.learning_rate"] == "0.003"
     # The artifacts live beside the shared store, not in the deleted temp copy.
-    assert newest.source.startswith((clone / "mlartifacts").as_uri())
-    assert (Path(newest.source.removeprefix("file://")) / "adapter_config.json").is_file()
+    logged = client(clone).get_logged_model(newest.model_id)
+    assert logged.artifact_location.startswith((clone / "mlartifacts").as_uri())
+    assert list(Path(logged.artifact_location.removeprefix("file://")).rglob("adapter_config.json"))
     assert not list((clone / ".dvc/tmp/exps").glob("*/mlflow.db"))

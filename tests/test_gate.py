@@ -34,6 +34,7 @@ def tracker(tmp_path, monkeypatch):
     from mna_tune.tracking import Tracker
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
@@ -43,7 +44,7 @@ def tracker(tmp_path, monkeypatch):
         run_id = tracker.start_run("r", {}, {})
         tracker.log_artifacts(run_id, adapter, "adapter")
         tags = {"eval.adapter.rougeL_f1": str(rouge), "eval.adapter.korean_only_share": str(korean)}
-        return str(tracker.register_adapter(run_id, "adapter", tags).version)
+        return str(tracker.register_adapter(run_id, adapter, {"base": "tiny-qwen3"}, tags).version)
 
     tracker.register_for_test = register
     return tracker

@@ -7,43 +7,8 @@ from pathlib import Path
 import pytest
 
 from mna_tune.chat import build_messages, render_completion, render_prompt
-from mna_tune.data.io import write_jsonl
-from mna_tune.data.text import content_id
-from mna_tune.params import load_params
 
-from conftest import REPO
-
-QA = [
-    ("합병이란 무엇인가요?", "두 회사가 하나로 합쳐지는 것입니다."),
-    ("공개매수란 무엇인가요?", "장외에서 주식을 사겠다고 공고하는 것입니다."),
-    ("실사란 무엇인가요?", "대상 회사를 조사하는 절차입니다."),
-    ("영업권이란 무엇인가요?", "인수 대가가 순자산 공정가치를 넘는 부분입니다."),
-]
-
-
-def chat_rows(pairs):
-    return [{"id": content_id(q, a), "source": "mna", "category": "M&A", "messages": build_messages(q, a)}
-            for q, a in pairs]
-
-
-def tiny_params(tmp_path, **train):
-    params = load_params(REPO / "params.yaml")
-    return params.model_copy(update={
-        "train": params.train.model_copy(update={"max_steps": 3, "per_device_train_batch_size": 2,
-                                                 "gradient_accumulation_steps": 1, **train}),
-        "evaluate": params.evaluate.model_copy(update={"max_new_tokens": 8, "batch_size": 4}),
-        "filter": params.filter.model_copy(update={"lexicon_path": REPO / "data/lexicon/domain_terms.tsv"}),
-    })
-
-
-@pytest.fixture
-def workspace(in_tmp, monkeypatch):
-    monkeypatch.setenv("DVC_ROOT", str(in_tmp))  # the MLflow store lands in this folder
-    write_jsonl(in_tmp / "data/processed/train.jsonl", chat_rows(QA * 2))
-    write_jsonl(in_tmp / "data/processed/val.jsonl", chat_rows(QA[:2]))
-    write_jsonl(in_tmp / "data/processed/test.jsonl", chat_rows(QA[2:]))
-    return in_tmp
-
+from pipeline_helpers import QA, tiny_params
 
 def test_only_the_answer_and_its_end_of_turn_token_carry_loss(qwen3_tokenizer):
     from datasets import Dataset
@@ -129,7 +94,7 @@ def test_evaluate_compares_base_and_adapter_and_registers_a_version(workspace):
     name = params.mlflow.registered_model
     version = client.get_model_version(name, str(metrics["model_version"]))
     run_id = json.loads((workspace / "models/train_run.json").read_text())["run_id"]
-    assert version.run_id == run_id and version.source.endswith("/adapter")
+    assert version.run_id == run_id and version.source.startswith("models:/")  # a logged pyfunc model
     assert version.tags["lineage.verified"] == "false"  # no dvc.lock here: nothing vouches for the data
     assert client.get_model_version_by_alias(name, "candidate").version == version.version
     # tiny-qwen3 writes no Korean: the default gate (Korean-only >= 0.9) keeps it from champion
@@ -141,10 +106,38 @@ def test_evaluate_compares_base_and_adapter_and_registers_a_version(workspace):
     assert run.data.metrics["eval/adapter/eval_loss"] == pytest.approx(metrics["adapter"]["eval_loss"])
     artifacts = [f.path for f in client.list_artifacts(run_id, "eval")]
     assert "eval/eval.md" in artifacts and "eval/predictions.json" in artifacts
-    local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}",
-                                                dst_path=str(workspace / "dl"), tracking_uri=client.tracking_uri)
-    assert (Path(local) / "adapter_config.json").is_file()
+    from mna_tune.tracking import Tracker
+
+    adapter = Tracker(params.mlflow).download_adapter(version, workspace / "dl")
+    assert (adapter / "adapter_model.safetensors").read_bytes() == \
+        (workspace / "models/adapter/adapter_model.safetensors").read_bytes()
 
     again = run_evaluate(params)  # the base model's outputs now come from the cache
     assert again["base_from_cache"] is True and again["base"] == {**metrics["base"],
                                                                   "gen_tokens_per_second": again["base"]["gen_tokens_per_second"]}
+
+
+def test_export_merged_loads_in_plain_transformers_and_ask_answers(workspace):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mna_tune.export import ask, export_merged
+    from mna_tune.modeling import load_adapter_model
+    from mna_tune.train import run_train
+
+    params = tiny_params(workspace, max_steps=2, learning_rate=5e-2)
+    run_train(params)
+    out = export_merged(params, workspace / "merged")
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(str(out))
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    messages = build_messages(QA[0][0])
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                           enable_thinking=False)
+    assert prompt == render_prompt(messages)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    peft_model = load_adapter_model("tiny-qwen3", workspace / "models/adapter")
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, peft_model(input_ids=ids).logits, atol=1e-4)
+    answer = ask(params, QA[0][0])
+    assert isinstance(answer, str) and "<think>" not in answer

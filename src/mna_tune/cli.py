@@ -70,8 +70,46 @@ def _rollback(p: Params, args: argparse.Namespace) -> None:
     print(f"{p.mlflow.registered_model}: champion v{current} -> v{target}")
 
 
+def _audit(p: Params, args: argparse.Namespace) -> None:
+    from .audit import run_audit
+    from .tracking import Tracker
+
+    print(run_audit(Tracker(p.mlflow), args.version, args.data, args.json))
+
+
+def _export(p: Params, args: argparse.Namespace) -> None:
+    from .export import export_merged
+
+    out = export_merged(p, args.merged, args.model)
+    print(f"export: merged model, tokenizer and chat template in {out}")
+
+
+def _ask(p: Params, args: argparse.Namespace) -> None:
+    from .export import ask
+
+    print(ask(p, args.question, args.model))
+
+
 STAGES = {"extract": _extract, "filter": _filter, "merge": _merge, "split": _split, "train": _train,
           "evaluate": _evaluate}
+
+
+def _serve(p: Params, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from .serving import create_app
+    from .tracking import Tracker
+
+    tracker = Tracker(p.mlflow)
+    version = tracker.resolve_version(args.model)
+    model = tracker.load_pyfunc(version).unwrap_python_model()
+    name = f"{p.mlflow.registered_model}/{version.version}"
+    print(f"serve: {name} ({args.model}) on http://{args.host}:{args.port}/v1/chat/completions")
+    uvicorn.run(create_app(model, name), host=args.host, port=args.port, log_level="warning")
+
+
+TOOLS = {"promote": _promote, "rollback": _rollback, "audit": _audit, "export": _export, "ask": _ask,
+         "serve": _serve}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,13 +123,27 @@ def main(argv: list[str] | None = None) -> int:
     promote.add_argument("--reason", default="no reason given")
     rollback = commands.add_parser("rollback", help="move the champion alias back to the previous champion")
     rollback.add_argument("--reason", default="no reason given")
+    audit = commands.add_parser("audit", help="which code, params and data made a version (or used a file)")
+    audit.add_argument("version", nargs="?", help="a version number or @alias, e.g. 7 or @champion")
+    audit.add_argument("--data", help="list the versions trained on exactly this file's or folder's content")
+    audit.add_argument("--json", action="store_true", help="machine-readable output")
+    export = commands.add_parser("export", help="write a merged model folder that plain transformers loads")
+    export.add_argument("--merged", type=Path, required=True, help="output folder")
+    export.add_argument("--model", help="registered version or @alias (default: models/adapter)")
+    ask = commands.add_parser("ask", help="answer one question with the adapter")
+    ask.add_argument("question")
+    ask.add_argument("--model", help="registered version or @alias (default: models/adapter)")
+    serve = commands.add_parser("serve", help="OpenAI-compatible /v1/chat/completions for a registered version")
+    serve.add_argument("--model", default="@champion", help="registered version or @alias (default @champion)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
         if args.command in STAGES:
             STAGES[args.command](params)
         else:
-            {"promote": _promote, "rollback": _rollback}[args.command](params, args)
+            TOOLS[args.command](params, args)
     except ValueError as exc:  # every input problem (InputError, ParamsError, ...) is a ValueError
         if os.environ.get("MNA_TUNE_DEBUG"):
             raise

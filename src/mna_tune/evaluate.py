@@ -90,7 +90,9 @@ def run_evaluate(params: Params, paths: EvaluatePaths = EvaluatePaths()) -> dict
     from .data.scoring import LexiconScorer
     from .modeling import load_adapter_model, load_tokenizer
     from .report import render
-    from .tracking import Tracker, git_info, lineage_from_lock
+    from .serving import serving_config
+    from .lineage import lineage_from_lock
+    from .tracking import Tracker, git_info
 
     rows = list(read_jsonl(paths.test))
     if not rows:
@@ -143,7 +145,7 @@ def run_evaluate(params: Params, paths: EvaluatePaths = EvaluatePaths()) -> dict
     # hand outside DVC) is flagged rather than trusted.
     verified = all(lineage.get(f"lineage.split.{path}") == file_md5(path) for path in split_files(paths.test))
     eval_tags = {f"eval.{name}.{k}": str(v) for name in ("adapter", "base") for k, v in overall[name].items()}
-    version = tracker.register_adapter(run_id, "adapter", {
+    version = tracker.register_adapter(run_id, paths.adapter, serving_config(params), {
         **git_info(), **lineage, **eval_tags, "lineage.verified": str(verified).lower(), "mlflow_run_id": run_id,
         "model.base": params.model.base, "eval.test_md5": file_md5(paths.test),
     }).version

@@ -8,20 +8,23 @@ The default store is `sqlite:///<repo root>/mlflow.db` with artifacts in
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
 from pathlib import Path
+from pathlib import Path
 from typing import Any
-
-import yaml
 
 from .params import MlflowParams
 from .workspace import project_root
 
 
 def tracking_uri(params: MlflowParams) -> str:
-    return params.tracking_uri or f"sqlite:///{project_root() / 'mlflow.db'}"
+    """params first, then MLflow's own MLFLOW_TRACKING_URI (handy for a team server or a
+    fresh clone that shares another clone's store), then the repository's sqlite file."""
+    return (params.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{project_root() / 'mlflow.db'}")
 
 
 def git_info() -> dict[str, str]:
@@ -49,23 +52,6 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
-def lineage_from_lock(lock_path: Path, stage_deps: dict[str, list[str]]) -> dict[str, str]:
-    """md5 of named deps/outs as recorded in dvc.lock, e.g.
-    {"extract": ["data/sample/aihub"]} -> {"lineage.extract.data/sample/aihub": "abc.dir"}."""
-    try:
-        lock = yaml.safe_load(Path(lock_path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        return {}
-    tags = {}
-    for stage, wanted in stage_deps.items():
-        entry = lock.get("stages", {}).get(stage, {})
-        recorded = {item["path"]: item.get("md5", "") for item in entry.get("deps", []) + entry.get("outs", [])}
-        for path in wanted:
-            if path in recorded:
-                tags[f"lineage.{stage}.{path}"] = recorded[path]
-    return tags
-
-
 class Tracker:
     def __init__(self, params: MlflowParams):
         import mlflow
@@ -73,7 +59,15 @@ class Tracker:
         self.mlflow = mlflow
         self.params = params
         self.uri = tracking_uri(params)
+        # Fluent calls (log_model, register_model) need the URI set in mlflow, but mlflow also
+        # exports it as MLFLOW_TRACKING_URI, which would then outrank params for every later
+        # Tracker and child process. Keep the environment as the user left it.
+        before = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
         self.client = mlflow.MlflowClient(self.uri)
         self.experiment_id = self._experiment_id()
 
@@ -82,8 +76,8 @@ class Tracker:
         if found is not None:
             return found.experiment_id
         location = None
-        if not self.params.tracking_uri:  # keep artifacts beside the db, not in the (temporary) cwd
-            location = (project_root() / "mlartifacts").as_uri()
+        if self.uri.startswith("sqlite:///"):  # keep artifacts beside the db, not in the (temporary) cwd
+            location = (Path(self.uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
         try:
             return self.client.create_experiment(self.params.experiment, artifact_location=location)
         except self.mlflow.exceptions.MlflowException:
@@ -113,15 +107,26 @@ class Tracker:
         for key, value in tags.items():
             self.client.set_tag(run_id, key, value)
 
-    def register_adapter(self, run_id: str, artifact_path: str, tags: dict[str, str]):
-        """A new version of mlflow.registered_model whose source is the run's adapter folder."""
-        name = self.params.registered_model
-        try:
-            self.client.create_registered_model(name, description="Qwen3 LoRA adapters made by mna-tune")
-        except self.mlflow.exceptions.MlflowException:
-            pass  # exists already
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
-        return self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    def register_adapter(self, run_id: str, adapter_dir: Path, serving_config: dict, tags: dict[str, str]):
+        """Log the adapter as an MLflow pyfunc model (code + adapter + base-model reference,
+        no base weights) in the run, and register it as a new version of
+        mlflow.registered_model, so `mlflow.pyfunc.load_model("models:/<name>@champion")` works."""
+        import tempfile
+        from importlib.metadata import version as installed
+
+        import mlflow.pyfunc
+
+        entry = Path(__file__).with_name("pyfunc_entry.py")
+        requirements = [f"{name}=={installed(name).split('+')[0]}" for name in
+                        ("torch", "transformers", "peft", "mlflow", "tokenizers", "tiktoken", "dashscope", "pandas")]
+        with tempfile.TemporaryDirectory() as scratch:
+            config_path = Path(scratch) / "serving_config.json"
+            config_path.write_text(json.dumps(serving_config, ensure_ascii=False, indent=2), encoding="utf-8")
+            with self.mlflow.start_run(run_id=run_id):
+                info = self.mlflow.pyfunc.log_model(
+                    name="adapter_model", python_model=str(entry), pip_requirements=requirements,
+                    artifacts={"adapter": str(adapter_dir), "serving_config": str(config_path)})
+        return self.mlflow.register_model(info.model_uri, self.params.registered_model, tags=tags)
 
     def step_callback(self, run_id: str):
         """A transformers TrainerCallback that logs every logged step (loss, lr, grad norm)."""
@@ -200,3 +205,60 @@ class Tracker:
         import pandas as pd
 
         self.client.log_table(run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
+
+    # ---- datasets and lineage queries ----
+
+    def log_datasets(self, run_id: str, datasets: list[dict]) -> None:
+        """Each {name, path, md5, rows, context} as an MLflow dataset input whose digest is
+        the DVC md5 (MLflow's own pandas digest reads only the first 10,000 rows)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        if not datasets:
+            return
+        inputs = [DatasetInput(
+            dataset=Dataset(name=d["name"], digest=d["md5"], source_type="local",
+                            source=json.dumps({"uri": d["path"]}), profile=json.dumps({"num_rows": d["rows"]})),
+            tags=[InputTag(key="mlflow.data.context", value=d["context"])],
+        ) for d in datasets]
+        self.client.log_inputs(run_id, datasets=inputs)
+
+    def run_datasets(self, run_id: str) -> list[dict]:
+        out = []
+        for item in self.client.get_run(run_id).inputs.dataset_inputs:
+            ds = item.dataset
+            profile = json.loads(ds.profile) if ds.profile else {}
+            context = next((t.value for t in item.tags if t.key == "mlflow.data.context"), "")
+            out.append({"name": ds.name, "path": json.loads(ds.source).get("uri", ""), "md5": ds.digest,
+                        "rows": profile.get("num_rows"), "context": context})
+        return out
+
+    def resolve_version(self, ref: str):
+        """`7` or `@champion` -> the registry's ModelVersion (a clear error if unknown)."""
+        name = self.params.registered_model
+        try:
+            if ref.startswith("@"):
+                return self.client.get_model_version_by_alias(name, ref[1:])
+            return self.client.get_model_version(name, ref)
+        except self.mlflow.exceptions.MlflowException:
+            raise ValueError(f"{name}: no model version '{ref}' in {self.uri}") from None
+
+    def all_versions(self) -> list:
+        found = self.client.search_model_versions(f"name='{self.params.registered_model}'")
+        return sorted(found, key=lambda v: int(v.version))
+
+    def run(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    def load_pyfunc(self, version):
+        import mlflow.pyfunc
+
+        return mlflow.pyfunc.load_model(version.source)
+
+    def download_adapter(self, version, destination: Path) -> Path:
+        """The PEFT folder inside a registered version's pyfunc artifact."""
+        local = Path(self.mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(destination),
+                                                              tracking_uri=self.uri))
+        found = sorted(local.rglob("adapter_config.json"))
+        if not found:
+            raise ValueError(f"version {version.version}: no adapter_config.json in {version.source}")
+        return found[0].parent

@@ -49,6 +49,39 @@ def _sort_target_modules(config_path: Path) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def _rows(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as handle:
+            return sum(1 for line in handle if line.strip())
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        return len(data) if isinstance(data, list) else None
+    return None
+
+
+def dataset_inputs(params: Params, paths: TrainPaths, lock: Path = Path("dvc.lock")) -> list[dict]:
+    """Raw inputs and splits with the md5 dvc.lock recorded for them (the split stage has
+    just run), for MLflow's dataset inputs."""
+    from .lineage import lineage_from_lock
+
+    split_paths = [str(paths.train), str(paths.val), str(paths.train.with_name("test.jsonl"))]
+    stages = {"extract": [str(params.data.aihub_dir)], "merge": [str(params.data.mna_path)], "split": split_paths}
+    hashes = lineage_from_lock(lock, stages)
+    extract_rows = None
+    if Path("metrics/extract.json").is_file():
+        extract_rows = json.loads(Path("metrics/extract.json").read_text(encoding="utf-8")).get("rows")
+    contexts = {str(paths.train): "training", str(paths.val): "validation", split_paths[2]: "test"}
+    out = []
+    for key, md5 in hashes.items():
+        _, stage, path = key.split(".", 2)
+        rows = extract_rows if stage == "extract" else _rows(Path(path))
+        out.append({"name": Path(path).name, "path": path, "md5": md5, "rows": rows,
+                    "context": contexts.get(path, "raw")})
+    return out
+
+
 def run_train(params: Params, paths: TrainPaths = TrainPaths()) -> dict:
     import torch
     from datasets import Dataset
@@ -74,6 +107,8 @@ def run_train(params: Params, paths: TrainPaths = TrainPaths()) -> dict:
         params=params.model_dump(mode="json"),
         tags={**tags, "stage": "train", "model.base": params.model.base},
     )
+
+    tracker.log_datasets(run_id, dataset_inputs(params, paths))
 
     cfg = params.train
     use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -1,0 +1,100 @@
+"""Registry loading through MLflow pyfunc, and the OpenAI-compatible server on loopback."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from mna_tune.chat import SYSTEM_PROMPT
+
+from pipeline_helpers import QA, tiny_params
+
+
+@pytest.fixture
+def registered(workspace):
+    from mna_tune.evaluate import run_evaluate
+    from mna_tune.train import run_train
+
+    params = tiny_params(workspace)
+    run_train(params)
+    run_evaluate(params)
+    return params
+
+
+def test_pyfunc_from_the_registry_answers_questions_and_messages(registered, workspace):
+    import mlflow
+
+    from mna_tune.export import ask
+
+    mlflow.set_tracking_uri(f"sqlite:///{workspace}/mlflow.db")  # as a user would
+    model = mlflow.pyfunc.load_model(f"models:/{registered.mlflow.registered_model}@candidate")
+    questions = [QA[0][0], QA[1][0]]
+    answers = model.predict(pd.DataFrame({"question": questions}))
+    assert len(answers) == 2 and all(isinstance(a, str) and "<think>" not in a for a in answers)
+    assert answers[0] == ask(registered, QA[0][0])  # the same formatting and decoding as `ask`
+    messages = [{"role": "user", "content": QA[0][0]}]
+    assert model.predict(pd.DataFrame({"messages": [messages]})) == answers[:1]
+    with_system = [{"role": "system", "content": SYSTEM_PROMPT}, *messages]
+    assert model.predict(pd.DataFrame({"messages": [with_system]})) == answers[:1]
+    # the artifact holds the adapter and a reference to the base, not base weights
+    local = Path(mlflow.artifacts.download_artifacts(model.metadata.get_model_info().model_uri))
+    assert sum(f.stat().st_size for f in local.rglob("*") if f.is_file()) < 2_000_000
+    assert json.loads(next(local.rglob("serving_config.json")).read_text())["base"] == "tiny-qwen3"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _call(url: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def test_openai_compatible_server_on_loopback(registered, workspace):
+    (workspace / "params.yaml").write_text(yaml.safe_dump(registered.model_dump(mode="json"), allow_unicode=True),
+                                           encoding="utf-8")
+    port = _free_port()
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "DVC_ROOT": str(workspace), "PATH": str(Path(sys.executable).parent) + os.pathsep
+           + os.environ["PATH"]}
+    server = subprocess.Popen(["mna-tune", "serve", "--model", "@candidate", "--port", str(port)], cwd=workspace,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                models = _call(f"{base}/models")
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"server did not start:\n{server.stdout.read() if server.stdout else ''}")
+                time.sleep(0.5)
+        assert models["data"][0]["id"].startswith(registered.mlflow.registered_model)
+        reply = _call(f"{base}/chat/completions", {"model": "x", "messages": [{"role": "user", "content": QA[0][0]}]})
+        assert reply["object"] == "chat.completion"
+        message = reply["choices"][0]["message"]
+        assert message["role"] == "assistant" and isinstance(message["content"], str)
+        assert reply["usage"]["prompt_tokens"] > 10
+
+        from mna_tune.export import ask
+
+        assert message["content"] == ask(registered, QA[0][0])
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _call(f"{base}/chat/completions", {"messages": [{"role": "assistant", "content": "답"}]})
+        assert refused.value.code == 400
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
