@@ -217,7 +217,80 @@ def test_temp_experiment_logs_into_the_same_store(clone):
     assert run.info.run_name == "temp-lr" and run.data.tags["dvc_exp_name"] == "temp-lr"
     assert run.data.params["train.learning_rate"] == "0.003"
     # The artifacts live beside the shared store, not in the deleted temp copy.
-    logged = client(clone).get_logged_model(newest.model_id)
+    logged = client(clone).get_logged_model(newest.source.removeprefix("models:/"))
     assert logged.artifact_location.startswith((clone / "mlartifacts").as_uri())
     assert list(Path(logged.artifact_location.removeprefix("file://")).rglob("adapter_config.json"))
     assert not list((clone / ".dvc/tmp/exps").glob("*/mlflow.db"))
+
+
+def test_two_queued_experiments_run_concurrently(clone):
+    import time
+
+    before = len(versions(clone))
+    for name, rate in (("queued-a", "0.004"), ("queued-b", "0.005")):
+        sh(clone, "dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.learning_rate={rate}")
+    sh(clone, "dvc", "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 900
+    while True:
+        status = sh(clone, "dvc", "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    assert status.count("Success") >= 2, status
+    logs = sh(clone, "dvc", "queue", "logs", "queued-a").stdout + sh(clone, "dvc", "queue", "logs", "queued-b").stdout
+    assert "database is locked" not in logs
+    new = versions(clone)[before:]
+    assert len(new) == 2
+    runs = {client(clone).get_run(v.run_id).info.run_name: v for v in new}
+    assert set(runs) == {"queued-a", "queued-b"}
+    for name, version in runs.items():
+        assert version.tags["lineage.verified"] == "true" and version.tags["dvc_exp_name"] == name
+        assert client(clone).get_run(version.run_id).data.params["train.learning_rate"] in ("0.004", "0.005")
+
+
+def test_team_setup_remote_store_and_dvc_remote(clone, tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server_url = f"http://127.0.0.1:{port}"
+    bin_dir = Path(sys.executable).parent
+    server = subprocess.Popen(
+        [str(bin_dir / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'team.db'}",
+         "--artifacts-destination", str(tmp_path / "team-artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{server_url}/health", timeout=5).read()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(1)
+        team = {"MLFLOW_TRACKING_URI": server_url}
+        remote = tmp_path / "dvc-remote"
+        sh(clone, "dvc", "remote", "add", "-d", "team", str(remote))
+        sh(clone, "git", "add", "-A")
+        sh(clone, "git", "commit", "-qm", "e2e: team remote and current results")
+        # One engineer runs an experiment against the shared server and pushes the data.
+        sh(clone, "dvc", "exp", "run", "--temp", "-n", "team-run", "-S", "train.learning_rate=0.0025",
+           extra_env=team)
+        sh(clone, "dvc", "push")
+        # Another engineer: fresh clone, pull, nothing to reproduce, audit against the server.
+        other = tmp_path / "colleague"
+        subprocess.run(["git", "clone", "--quiet", str(clone), str(other)], check=True)
+        sh(other, "dvc", "pull")
+        assert ran(sh(other, "dvc", "repro", extra_env=team)) == []
+        report = json.loads(sh(other, "mna-tune", "audit", "@candidate", "--json", extra_env=team).stdout)
+        assert report["run_name"] == "team-run" and report["code"]["workspace_matches"] is True
+        assert report["data"] and report["workspace_matches"] is True  # splits pulled, raw inputs in git
+        assert {item["path"] for item in report["data"]} >= {"data/sample/aihub", "data/processed/train.jsonl"}
+        assert list((tmp_path / "team-artifacts").rglob("adapter_config.json"))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
