@@ -51,3 +51,34 @@ def test_tiny_model_is_reproducible_from_its_seed():
     weights = a.model.layers[0].self_attn.q_proj.weight
     assert torch.equal(weights, b.model.layers[0].self_attn.q_proj.weight)
     assert not torch.equal(weights, c.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_cuda_only_options_fail_clearly_before_any_work():
+    import torch
+
+    from mna_tune.modeling import check_device_support
+
+    if torch.cuda.is_available():
+        pytest.skip("this check is about machines without CUDA")
+    with pytest.raises(ModelSourceError, match="model.quantization: 4bit needs a CUDA GPU"):
+        check_device_support("Qwen/Qwen3-8B", quantization="4bit")
+    with pytest.raises(ModelSourceError, match="flash_attention_2 needs a CUDA GPU"):
+        check_device_support("Qwen/Qwen3-8B", attn_implementation="flash_attention_2")
+    check_device_support("tiny-qwen3")  # the defaults run anywhere
+
+
+def test_train_stage_refuses_qlora_on_cpu_before_loading_anything(workspace, capsys):
+    import torch
+    import yaml
+
+    from mna_tune.cli import main
+    from pipeline_helpers import tiny_params
+
+    if torch.cuda.is_available():
+        pytest.skip("this check is about machines without CUDA")
+    params = tiny_params(workspace).model_dump(mode="json")
+    params["model"] = {**params["model"], "base": "Qwen/Qwen3-8B", "quantization": "4bit"}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    assert main(["train"]) == 1
+    assert "model.quantization: 4bit needs a CUDA GPU" in capsys.readouterr().err
+    assert not (workspace / "mlflow.db").exists()  # failed before MLflow, the tokenizer or the model

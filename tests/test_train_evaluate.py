@@ -10,26 +10,33 @@ from mna_tune.chat import build_messages, render_completion, render_prompt
 
 from pipeline_helpers import QA, tiny_params
 
-def test_only_the_answer_and_its_end_of_turn_token_carry_loss(qwen3_tokenizer):
+THINK_IDS = [151667, 271, 151668, 271]  # <think> "\n\n" </think> "\n\n"
+
+
+@pytest.mark.parametrize("think_in_loss", [False, True], ids=["think-masked", "think-in-loss"])
+def test_label_masks_token_by_token(qwen3_tokenizer, think_in_loss):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from mna_tune.chat import training_pair
     from mna_tune.modeling import load_base_model
 
     messages = build_messages(*QA[0])
-    record = {"prompt": render_prompt(messages), "completion": render_completion(QA[0][1])}
     trainer = SFTTrainer(model=load_base_model("tiny-qwen3"), processing_class=qwen3_tokenizer,
                          args=SFTConfig(output_dir="/tmp/unused", report_to="none", completion_only_loss=True,
                                         max_length=384, bf16=False),
-                         train_dataset=Dataset.from_list([record]))
+                         train_dataset=Dataset.from_list([training_pair(messages, think_in_loss)]))
     example = trainer.train_dataset[0]
     ids, labels = example["input_ids"], example["labels"]
+    full = qwen3_tokenizer(render_prompt(messages) + render_completion(QA[0][1]), add_special_tokens=False).input_ids
+    assert ids == full  # the same tokens whichever side of the split the think block is on
+    answer = qwen3_tokenizer(QA[0][1] + "<|im_end|>", add_special_tokens=False).input_ids
     learned = [label for label in labels if label != -100]
-    assert learned == qwen3_tokenizer(QA[0][1] + "<|im_end|>", add_special_tokens=False).input_ids
-    assert learned[-1] == 151645  # <|im_end|>
-    assert learned == ids[-len(learned):]  # labels are the input ids themselves, not shifted copies
-    masked = qwen3_tokenizer.decode([token for token, label in zip(ids, labels) if label == -100])
-    assert masked == render_prompt(messages)  # system, user and the empty think block are context only
+    assert learned == (THINK_IDS + answer if think_in_loss else answer)
+    assert learned[-1] == 151645  # <|im_end|> is always learned
+    assert labels[-len(learned):] == ids[-len(learned):] and all(x == -100 for x in labels[:-len(learned)])
+    masked = qwen3_tokenizer.decode(ids[: len(ids) - len(learned)])
+    assert masked.endswith("<|im_start|>assistant\n" if think_in_loss else "</think>\n\n")
 
 
 def test_train_writes_a_peft_adapter_and_logs_to_mlflow(workspace):
@@ -141,3 +148,20 @@ def test_export_merged_loads_in_plain_transformers_and_ask_answers(workspace):
         assert torch.allclose(merged(ids).logits, peft_model(input_ids=ids).logits, atol=1e-4)
     answer = ask(params, QA[0][0])
     assert isinstance(answer, str) and "<think>" not in answer
+
+
+@pytest.mark.parametrize("too_long", ["drop", "keep"])
+def test_rows_over_max_length_are_dropped_or_kept_whole_never_cut(qwen3_tokenizer, too_long):
+    from mna_tune.chat import training_pair
+    from mna_tune.train import fit_to_max_length
+
+    short = training_pair(build_messages(*QA[0]))
+    long = training_pair(build_messages(QA[1][0], "합병 " * 200))
+    length = lambda r: len(qwen3_tokenizer(r["prompt"] + r["completion"]).input_ids)  # noqa: E731
+    cap = length(short) + 5
+    records, longer, max_length = fit_to_max_length(qwen3_tokenizer, [short, long], cap, too_long)
+    assert longer == 1
+    if too_long == "drop":
+        assert records == [short] and max_length == cap
+    else:
+        assert records == [short, long] and max_length == length(long)  # the end-of-turn token survives

@@ -52,6 +52,17 @@ def render_completion(answer: str) -> str:
     return f"{answer}{IM_END}"
 
 
+def training_pair(messages: list[dict], think_in_loss: bool = False) -> dict[str, str]:
+    """SFT prompt/completion for one conversation. By default the empty think block is
+    part of the prompt (masked): the adapter learns answers without unlearning how to think.
+    With `think_in_loss` it moves into the completion and is trained like the answer."""
+    prompt = render_prompt(messages)
+    completion = render_completion(answer_of(messages))
+    if think_in_loss:
+        prompt, completion = prompt[: -len(EMPTY_THINK)], EMPTY_THINK + completion
+    return {"prompt": prompt, "completion": completion}
+
+
 def strip_think(text: str) -> str:
     """A generated answer without any (empty or not) think block the model produced."""
     if "</think>" in text:

@@ -50,7 +50,8 @@ def base_identity(params: Params) -> dict:
     from .modeling import resolve_base
 
     source = resolve_base(params.model.base)
-    identity = {"base": source.name, "kind": source.kind, "dtype": params.model.dtype}
+    identity = {"base": source.name, "kind": source.kind, "dtype": params.model.dtype,
+                "quantization": params.model.quantization, "attn": params.model.attn_implementation}
     if source.kind == "tiny":
         identity["tiny_seed"] = params.model.tiny_seed
     elif source.kind == "folder":
@@ -100,7 +101,8 @@ def run_evaluate(params: Params, paths: EvaluatePaths = EvaluatePaths()) -> dict
     cfg = params.evaluate
     gen_rows = rows[: cfg.max_generate_rows] if cfg.max_generate_rows else rows
     tokenizer = load_tokenizer(params.model.base)
-    model = load_adapter_model(params.model.base, paths.adapter, params.model.tiny_seed, params.model.dtype)
+    m = params.model
+    model = load_adapter_model(m.base, paths.adapter, m.tiny_seed, m.dtype, m.quantization, m.attn_implementation)
 
     set_seed(params.train.seed)
     adapter = run_model(model, tokenizer, rows, gen_rows, settings_of(params))

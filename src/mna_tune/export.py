@@ -27,7 +27,8 @@ def export_merged(params: Params, out: Path, ref: str | None = None) -> Path:
 
     with tempfile.TemporaryDirectory() as scratch:
         adapter = adapter_folder(params, ref, Path(scratch))
-        model = load_adapter_model(params.model.base, adapter, params.model.tiny_seed, params.model.dtype)
+        model = load_adapter_model(params.model.base, adapter, params.model.tiny_seed, params.model.dtype,
+                                   attn_implementation=params.model.attn_implementation)
         merged = model.merge_and_unload()
         staging = Path(str(out) + ".tmp")
         shutil.rmtree(staging, ignore_errors=True)
@@ -46,7 +47,8 @@ def ask(params: Params, question: str, ref: str | None = None) -> str:
 
     with tempfile.TemporaryDirectory() as scratch:
         adapter = adapter_folder(params, ref, Path(scratch))
-        model = load_adapter_model(params.model.base, adapter, params.model.tiny_seed, params.model.dtype)
+        m = params.model
+        model = load_adapter_model(m.base, adapter, m.tiny_seed, m.dtype, m.quantization, m.attn_implementation)
     tokenizer = load_tokenizer(params.model.base)
     e = params.evaluate
     settings = GenerationSettings(e.max_new_tokens, 1, e.do_sample, e.temperature, e.top_k, e.top_p,

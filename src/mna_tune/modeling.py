@@ -146,7 +146,38 @@ def torch_dtype(dtype: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
-def load_base_model(base: str, tiny_seed: int = 0, dtype: str = "auto"):
+def check_device_support(base: str, quantization: str = "none", attn_implementation: str = "sdpa") -> None:
+    """Fail before any work when params ask for what this machine cannot do."""
+    cuda = torch.cuda.is_available()
+    if quantization != "none":
+        if not cuda:
+            raise ModelSourceError(f"model.quantization: {quantization} needs a CUDA GPU (bitsandbytes) and this "
+                                   "machine has none; set model.quantization: none")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ModelSourceError(f"model.quantization: {quantization} needs bitsandbytes: pip install -e '.[cuda]'")
+        if resolve_base(base).kind == "tiny":
+            raise ModelSourceError("model.quantization applies to real models (a hub id or a folder), not tiny-qwen3")
+    if attn_implementation == "flash_attention_2":
+        if not cuda:
+            raise ModelSourceError("model.attn_implementation: flash_attention_2 needs a CUDA GPU; use sdpa")
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ModelSourceError("model.attn_implementation: flash_attention_2 needs the flash-attn package")
+
+
+def quantization_config(quantization: str):
+    if quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def load_base_model(base: str, tiny_seed: int = 0, dtype: str = "auto", quantization: str = "none",
+                    attn_implementation: str = "sdpa", for_training: bool = False):
+    check_device_support(base, quantization, attn_implementation)
     source = resolve_base(base)
     if source.kind == "tiny":
         from transformers import Qwen3ForCausalLM
@@ -160,9 +191,16 @@ def load_base_model(base: str, tiny_seed: int = 0, dtype: str = "auto"):
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(source.name, dtype=torch_dtype(dtype), trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            source.name, dtype=torch_dtype(dtype), trust_remote_code=False, attn_implementation=attn_implementation,
+            quantization_config=quantization_config(quantization), device_map="auto" if torch.cuda.is_available() else None)
     except OSError as exc:
         raise ModelSourceError(f"cannot load model.base '{base}': {exc}") from None
+    if quantization != "none" and for_training:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)  # norms in fp32, input grads for the LoRA path
+    return model
 
 
 def lora_config(r: int, alpha: int, dropout: float, target_modules: list[str]):
@@ -172,11 +210,13 @@ def lora_config(r: int, alpha: int, dropout: float, target_modules: list[str]):
                       bias="none", task_type="CAUSAL_LM")
 
 
-def load_adapter_model(base: str, adapter_dir: Path, tiny_seed: int = 0, dtype: str = "auto"):
-    """Base model with the trained adapter, ready for inference."""
+def load_adapter_model(base: str, adapter_dir: Path, tiny_seed: int = 0, dtype: str = "auto",
+                       quantization: str = "none", attn_implementation: str = "sdpa"):
+    """Base model (loaded as in training) with the trained adapter, ready for inference."""
     from peft import PeftModel
 
     if not (Path(adapter_dir) / "adapter_config.json").is_file():
         raise ModelSourceError(f"{adapter_dir}: no adapter_config.json (run the train stage first)")
-    model = PeftModel.from_pretrained(load_base_model(base, tiny_seed, dtype), str(adapter_dir))
+    base_model = load_base_model(base, tiny_seed, dtype, quantization, attn_implementation)
+    model = PeftModel.from_pretrained(base_model, str(adapter_dir))
     return model.eval()

@@ -19,6 +19,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ChatParams(_Section):
+    # Train on the empty <think></think> block too (true), or keep it masked (false).
+    think_in_loss: bool = False
+
+
 class DataParams(_Section):
     aihub_dir: Path
     mna_path: Path
@@ -73,6 +78,10 @@ class ModelParams(_Section):
     # Seed of the tiny model's random initialisation (ignored for real models).
     tiny_seed: int = 0
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # CUDA only (bitsandbytes): 4bit = nf4 + double quantisation + bf16 compute (QLoRA).
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    # flash_attention_2 needs CUDA and the flash-attn package.
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
 
     @field_validator("base")
     @classmethod
@@ -103,9 +112,15 @@ class TrainParams(_Section):
     max_grad_norm: float = Field(0.3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     max_length: int = Field(384, ge=16)
+    # Rows longer than max_length: `drop` them, or `keep` them whole (the cap rises to the
+    # longest row). Either way they are counted; none is ever cut short.
+    too_long: Literal["drop", "keep"] = "drop"
     # Recompute activations in backward: saves memory on an 8B model, only costs time on tiny-qwen3.
     gradient_checkpointing: bool = False
     logging_steps: int = Field(1, ge=1)
+    # Checkpoints for resuming an interrupted run (kept under .cache/checkpoints, newest N).
+    save_steps: int = Field(50, ge=1)
+    save_total_limit: int = Field(2, ge=1)
 
     @field_validator("max_steps")
     @classmethod
@@ -152,6 +167,7 @@ class Params(_Section):
     filter: FilterParams = FilterParams()
     merge: MergeParams = MergeParams()
     split: SplitParams = SplitParams()
+    chat: ChatParams = ChatParams()
     model: ModelParams = ModelParams()
     lora: LoraParams = LoraParams()
     train: TrainParams = TrainParams()

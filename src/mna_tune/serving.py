@@ -24,6 +24,7 @@ SERVING_CONFIG = "serving_config.json"
 def serving_config(params) -> dict:
     e = params.evaluate
     return {"base": params.model.base, "tiny_seed": params.model.tiny_seed, "dtype": params.model.dtype,
+            "quantization": params.model.quantization, "attn_implementation": params.model.attn_implementation,
             "generation": {"max_new_tokens": e.max_new_tokens, "batch_size": e.batch_size, "do_sample": e.do_sample,
                            "temperature": e.temperature, "top_k": e.top_k, "top_p": e.top_p,
                            "repetition_penalty": e.repetition_penalty}}
@@ -79,7 +80,8 @@ class AdapterChatModel(mlflow.pyfunc.PythonModel):
         self.settings = GenerationSettings(**config["generation"])
         self.tokenizer = load_tokenizer(config["base"])
         self.model = load_adapter_model(config["base"], Path(context.artifacts["adapter"]), config["tiny_seed"],
-                                        config["dtype"])
+                                        config["dtype"], config.get("quantization", "none"),
+                                        config.get("attn_implementation", "sdpa"))
 
     def answer(self, conversations: list[list[dict]], max_new_tokens: int | None = None) -> tuple[list[str], int]:
         from dataclasses import replace

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .chat import answer_of, render_completion, render_prompt
+from .chat import training_pair
 from .data.io import read_jsonl, write_json
 from .params import Params
 
@@ -26,18 +26,22 @@ class TrainPaths:
     run_info: Path = Path("models/train_run.json")
     metrics: Path = Path("metrics/train.json")
     loss_plot: Path = Path("plots/train_loss.csv")
-    scratch: Path = Path(".cache/train")  # trainer output_dir: checkpoints live outside DVC outputs
+    checkpoints: str = ".cache/checkpoints"  # under the repo root: outside DVC outputs, shared by exp copies
 
 
-def sft_records(path: Path) -> list[dict]:
-    rows = list(read_jsonl(path))
-    return [{"prompt": render_prompt(row["messages"]), "completion": render_completion(answer_of(row["messages"]))}
-            for row in rows]
+def sft_records(path: Path, think_in_loss: bool = False) -> list[dict]:
+    return [training_pair(row["messages"], think_in_loss) for row in read_jsonl(path)]
 
 
-def count_too_long(tokenizer, records: list[dict], max_length: int) -> int:
-    lengths = [len(tokenizer(r["prompt"] + r["completion"]).input_ids) for r in records]
-    return sum(length > max_length for length in lengths)
+def fit_to_max_length(tokenizer, records: list[dict], max_length: int, too_long: str) -> tuple[list[dict], int, int]:
+    """Never let truncation cut a row's answer or its <|im_end|>: rows longer than
+    `max_length` tokens are dropped (`drop`) or kept whole by raising the cap (`keep`).
+    Returns (records, rows longer than max_length, the max_length to train with)."""
+    lengths = [len(tokenizer(r["prompt"] + r["completion"], add_special_tokens=False).input_ids) for r in records]
+    longer = sum(length > max_length for length in lengths)
+    if too_long == "drop":
+        return [r for r, length in zip(records, lengths) if length <= max_length], longer, max_length
+    return records, longer, max(lengths + [max_length])
 
 
 def _sort_target_modules(config_path: Path) -> None:
@@ -82,38 +86,72 @@ def dataset_inputs(params: Params, paths: TrainPaths, lock: Path = Path("dvc.loc
     return out
 
 
+def checkpoint_dir(params: Params, paths: TrainPaths) -> Path:
+    """Checkpoints of one training job: same data, params and code -> same folder, so a
+    rerun after an interruption resumes; anything changed -> a fresh folder."""
+    import hashlib
+
+    from .data.io import file_md5
+    from .workspace import project_root
+
+    code = Path(__file__).parent
+    fingerprint = json.dumps({
+        "params": params.model_dump(mode="json", include={"chat", "model", "lora", "train"}),
+        "data": [file_md5(path) for path in (paths.train, paths.val) if path.exists()],
+        "code": [file_md5(code / name) for name in ("train.py", "chat.py", "modeling.py")],
+    }, sort_keys=True)
+    return project_root() / paths.checkpoints / hashlib.sha256(fingerprint.encode()).hexdigest()[:20]
+
+
 def run_train(params: Params, paths: TrainPaths = TrainPaths()) -> dict:
     import torch
     from datasets import Dataset
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from .modeling import load_base_model, load_tokenizer, lora_config
+    from .modeling import check_device_support, load_base_model, load_tokenizer, lora_config
     from .tracking import Tracker, git_info
 
+    check_device_support(params.model.base, params.model.quantization, params.model.attn_implementation)
     set_seed(params.train.seed)
-    train_records = sft_records(paths.train)
-    val_records = sft_records(paths.val) if paths.val.exists() else []
+    train_records = sft_records(paths.train, params.chat.think_in_loss)
+    val_records = sft_records(paths.val, params.chat.think_in_loss) if paths.val.exists() else []
     if not train_records:
         raise ValueError(f"{paths.train}: no training rows")
     tokenizer = load_tokenizer(params.model.base)
-    model = load_base_model(params.model.base, params.model.tiny_seed, params.model.dtype)
-    too_long = count_too_long(tokenizer, train_records, params.train.max_length)
+    model = load_base_model(params.model.base, params.model.tiny_seed, params.model.dtype, params.model.quantization,
+                            params.model.attn_implementation, for_training=True)
+    train_records, too_long, max_length = fit_to_max_length(tokenizer, train_records, params.train.max_length,
+                                                            params.train.too_long)
+    val_records, val_too_long, val_max_length = fit_to_max_length(tokenizer, val_records, max_length,
+                                                                  params.train.too_long)
+    max_length = max(max_length, val_max_length)
+    if not train_records:
+        raise ValueError(f"{paths.train}: every row is longer than train.max_length ({params.train.max_length} "
+                         "tokens); raise it or set train.too_long: keep")
 
+    checkpoints = checkpoint_dir(params, paths)
+    resume = any(checkpoints.glob("checkpoint-*/trainer_state.json"))
     tracker = Tracker(params.mlflow)
-    tags = git_info()
-    run_id = tracker.start_run(
-        run_name=tags.get("dvc_exp_name") or f"repro-{tags['git_commit'][:8]}",
-        params=params.model_dump(mode="json"),
-        tags={**tags, "stage": "train", "model.base": params.model.base},
-    )
-
-    tracker.log_datasets(run_id, dataset_inputs(params, paths))
+    run_file = checkpoints / "mlflow_run.json"
+    if resume and run_file.is_file():  # the interrupted run goes on: one MLflow run, one loss curve
+        run_id = json.loads(run_file.read_text(encoding="utf-8"))["run_id"]
+        tracker.set_tags(run_id, {"resumed": "true"})
+    else:
+        tags = git_info()
+        run_id = tracker.start_run(
+            run_name=tags.get("dvc_exp_name") or f"repro-{tags['git_commit'][:8]}",
+            params=params.model_dump(mode="json"),
+            tags={**tags, "stage": "train", "model.base": params.model.base},
+        )
+        tracker.log_datasets(run_id, dataset_inputs(params, paths))
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        run_file.write_text(json.dumps({"run_id": run_id}), encoding="utf-8")
 
     cfg = params.train
     use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     args = SFTConfig(
-        output_dir=str(paths.scratch),
+        output_dir=str(checkpoints),
         num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
@@ -124,11 +162,13 @@ def run_train(params: Params, paths: TrainPaths = TrainPaths()) -> dict:
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float below 1 is a ratio of total steps
         max_grad_norm=cfg.max_grad_norm,
         weight_decay=cfg.weight_decay,
-        max_length=cfg.max_length,
+        max_length=max_length,
         logging_steps=cfg.logging_steps,
         gradient_checkpointing=cfg.gradient_checkpointing,
         eval_strategy="epoch" if val_records else "no",
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
         report_to="none",
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -147,8 +187,10 @@ def run_train(params: Params, paths: TrainPaths = TrainPaths()) -> dict:
         callbacks=[tracker.step_callback(run_id)],
     )
     started = time.perf_counter()
+    if resume:
+        print(f"train: resuming from the last checkpoint in {checkpoints}")
     try:
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=True if resume else None)
     except BaseException:
         tracker.end_run(run_id, "FAILED")
         raise
@@ -173,6 +215,9 @@ def run_train(params: Params, paths: TrainPaths = TrainPaths()) -> dict:
         "train_rows": len(train_records),
         "val_rows": len(val_records),
         "rows_longer_than_max_length": too_long,
+        "val_rows_longer_than_max_length": val_too_long,
+        "too_long_action": params.train.too_long,
+        "max_length_used": max_length,
         "trainable_params": int(trainable),
         "train_seconds": round(seconds, 2),
         "train_samples_per_second": round(float(result.metrics.get("train_samples_per_second", 0.0)), 3),
@@ -183,6 +228,7 @@ def run_train(params: Params, paths: TrainPaths = TrainPaths()) -> dict:
     write_json(paths.run_info, {"run_id": run_id, "tracking_uri": tracker.uri})
     tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None})
     tracker.log_artifacts(run_id, paths.adapter, "adapter")
+    shutil.rmtree(checkpoints, ignore_errors=True)  # done: the adapter is the artifact now
     tracker.end_run(run_id)  # evaluate adds its metrics and the registry version to this run
     print(f"train: {metrics['steps']} steps, loss {metrics['train_loss']}, val loss {metrics['val_loss']}, "
           f"{seconds:.1f}s; adapter in {paths.adapter}; MLflow run {run_id}")

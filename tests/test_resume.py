@@ -1,0 +1,77 @@
+"""A train stage killed mid-run resumes from its last checkpoint and ends with the same
+adapter as an uninterrupted run; changed data or params start fresh."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from pipeline_helpers import tiny_params, write_splits
+
+
+def prepare(root: Path, **train) -> Path:
+    root.mkdir()
+    write_splits(root)
+    params = tiny_params(root, max_steps=24, save_steps=4, save_total_limit=2, **train).model_dump(mode="json")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    return root
+
+
+def train_command(root: Path):
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "DVC_ROOT": str(root),
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+    return dict(args=["mna-tune", "train"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True)
+
+
+def adapter_tensors(root: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(root / "models/adapter/adapter_model.safetensors"))
+
+
+def test_killed_training_resumes_to_the_same_adapter(tmp_path):
+    import torch
+
+    straight = prepare(tmp_path / "straight")
+    done = subprocess.run(**train_command(straight))
+    assert done.returncode == 0, done.stdout[-3000:]
+
+    interrupted = prepare(tmp_path / "interrupted")
+    process = subprocess.Popen(**train_command(interrupted))
+    deadline = time.monotonic() + 300
+    while not list(interrupted.glob(".cache/checkpoints/*/checkpoint-8/trainer_state.json")):
+        assert process.poll() is None, "training ended before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (interrupted / "models/adapter").exists()
+    first_run = json.loads(next(interrupted.glob(".cache/checkpoints/*/mlflow_run.json")).read_text())["run_id"]
+
+    resumed = subprocess.run(**train_command(interrupted))
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "resuming from the last checkpoint" in resumed.stdout
+    assert json.loads((interrupted / "models/train_run.json").read_text())["run_id"] == first_run
+    assert not list(interrupted.glob(".cache/checkpoints/*"))  # cleaned up after success
+    a, b = adapter_tensors(straight), adapter_tensors(interrupted)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert json.loads((interrupted / "metrics/train.json").read_text())["steps"] == 24
+
+
+def test_changed_data_or_params_start_fresh(workspace):
+    from mna_tune.train import TrainPaths, checkpoint_dir
+
+    params = tiny_params(workspace)
+    base = checkpoint_dir(params, TrainPaths())
+    assert checkpoint_dir(params, TrainPaths()) == base
+    faster = params.model_copy(update={"train": params.train.model_copy(update={"learning_rate": 0.5})})
+    assert checkpoint_dir(faster, TrainPaths()) != base
+    with (workspace / "data/processed/train.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write((workspace / "data/processed/val.jsonl").read_text(encoding="utf-8"))
+    assert checkpoint_dir(params, TrainPaths()) != base
