@@ -217,6 +217,7 @@ def test_temp_experiment_logs_into_the_same_store(clone):
     assert len(after) == before + 1
     run = client(clone).get_run(after[-1].run_id)
     assert run.info.run_name == "temp-lr" and run.data.tags["dvc_exp_name"] == "temp-lr"
+    assert run.data.tags["dvc_exp_baseline_rev"] == sh(clone, "git", "rev-parse", "HEAD").stdout.strip()
     assert run.data.params["train.learning_rate"] == "0.003"
     logged = client(clone).get_logged_model(after[-1].source.removeprefix("models:/"))
     assert logged.artifact_location.startswith((clone / "mlartifacts").as_uri())  # not in the deleted copy

@@ -17,7 +17,7 @@ from pipeline_helpers import tiny_params, write_splits
 def prepare(root: Path, **train) -> Path:
     root.mkdir()
     write_splits(root)
-    params = tiny_params(root, max_steps=24, save_steps=4, save_total_limit=2, **train).model_dump(mode="json")
+    params = tiny_params(root, max_steps=24, save_steps=6, save_total_limit=2, **train).model_dump(mode="json")
     (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     return root
 
@@ -36,6 +36,8 @@ def adapter_tensors(root: Path) -> dict:
 
 
 def test_killed_training_resumes_to_the_same_adapter(tmp_path):
+    """8 rows, batch 2: 4 steps an epoch, so checkpoint-6 sits mid-epoch (see README on
+    checkpoints that fall exactly on an epoch boundary)."""
     import torch
 
     straight = prepare(tmp_path / "straight")
@@ -45,7 +47,7 @@ def test_killed_training_resumes_to_the_same_adapter(tmp_path):
     interrupted = prepare(tmp_path / "interrupted")
     process = subprocess.Popen(**train_command(interrupted))
     deadline = time.monotonic() + 300
-    while not list(interrupted.glob(".cache/checkpoints/*/checkpoint-8/trainer_state.json")):
+    while not list(interrupted.glob(".cache/checkpoints/*/checkpoint-6/trainer_state.json")):
         assert process.poll() is None, "training ended before it could be interrupted"
         assert time.monotonic() < deadline
         time.sleep(0.05)

@@ -98,3 +98,25 @@ def test_openai_compatible_server_on_loopback(registered, workspace):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_local_base_folder_is_referenced_not_copied(workspace):
+    import mlflow
+
+    from mna_tune.evaluate import run_evaluate
+    from mna_tune.modeling import build_qwen3_tokenizer, load_base_model
+    from mna_tune.train import run_train
+
+    base = workspace / "local-base"
+    load_base_model("tiny-qwen3").save_pretrained(str(base))  # ~40 MB of weights
+    build_qwen3_tokenizer().save_pretrained(str(base))
+    params = tiny_params(workspace)
+    params = params.model_copy(update={"model": params.model.model_copy(update={"base": str(base)})})
+    run_train(params)
+    run_evaluate(params)
+    mlflow.set_tracking_uri(f"sqlite:///{workspace}/mlflow.db")
+    model = mlflow.pyfunc.load_model(f"models:/{params.mlflow.registered_model}@candidate")
+    assert len(model.predict(pd.DataFrame({"question": [QA[0][0]]}))) == 1
+    local = Path(mlflow.artifacts.download_artifacts(model.metadata.get_model_info().model_uri))
+    assert sum(f.stat().st_size for f in local.rglob("*") if f.is_file()) < 2_000_000  # the base stayed put
+    assert json.loads(next(local.rglob("serving_config.json")).read_text())["base"] == str(base)
