@@ -42,7 +42,10 @@ def export_merged(params: Params, out: Path, ref: str | None = None) -> Path:
 
 
 def ask(params: Params, question: str, ref: str | None = None) -> str:
-    from .generation import GenerationSettings, generate
+    from dataclasses import replace
+
+    from .evaluate import settings_of
+    from .generation import generate
     from .modeling import load_adapter_model, load_tokenizer
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -50,8 +53,6 @@ def ask(params: Params, question: str, ref: str | None = None) -> str:
         m = params.model
         model = load_adapter_model(m.base, adapter, m.tiny_seed, m.dtype, m.quantization, m.attn_implementation)
     tokenizer = load_tokenizer(params.model.base)
-    e = params.evaluate
-    settings = GenerationSettings(e.max_new_tokens, 1, e.do_sample, e.temperature, e.top_k, e.top_p,
-                                  e.repetition_penalty)
+    settings = replace(settings_of(params), batch_size=1)  # decoding exactly as in evaluation
     raw, _, _ = generate(model, tokenizer, [render_prompt(build_messages(question))], settings)
     return strip_think(raw[0])
