@@ -4,7 +4,7 @@ import json
 
 import yaml
 
-from aihub_factory import OTHER_DIR, standard_tree, zip_every_archive
+from aihub_factory import standard_tree, zip_every_archive
 from mna_tune.cli import main
 from mna_tune.data.io import read_jsonl
 

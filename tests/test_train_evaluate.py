@@ -2,7 +2,6 @@
 and registry version. The full pipeline runs in test_e2e_dvc.py."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -68,7 +67,7 @@ def test_train_writes_a_peft_adapter_and_logs_to_mlflow(workspace):
 def test_training_lowers_the_loss_on_rows_it_sees(workspace):
     from mna_tune.train import run_train
 
-    metrics = run_train(tiny_params(workspace, max_steps=40, learning_rate=5e-3, warmup_ratio=0.0))
+    run_train(tiny_params(workspace, max_steps=40, learning_rate=5e-3, warmup_ratio=0.0))
     curve = [float(line.split(",")[1]) for line in (workspace / "plots/train_loss.csv").read_text().splitlines()[1:]]
     assert len(curve) == 40
     assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 0.3

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 from .lineage import parse_lineage_tag, workspace_md5
 from .tracking import Tracker

@@ -13,7 +13,6 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from pathlib import Path
 from typing import Any
 
 from .params import MlflowParams
@@ -123,7 +122,7 @@ class Tracker:
             config_path = Path(scratch) / "serving_config.json"
             config_path.write_text(json.dumps(serving_config, ensure_ascii=False, indent=2), encoding="utf-8")
             with self.mlflow.start_run(run_id=run_id):
-                info = self.mlflow.pyfunc.log_model(
+                info = mlflow.pyfunc.log_model(
                     name="adapter_model", python_model=str(entry), pip_requirements=requirements,
                     artifacts={"adapter": str(adapter_dir), "serving_config": str(config_path)})
         return self.mlflow.register_model(info.model_uri, self.params.registered_model, tags=tags)
