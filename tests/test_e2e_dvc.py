@@ -30,7 +30,7 @@ def clone(tmp_path_factory):
     return path
 
 
-def sh(clone, *args, check=True, extra_env=None):
+def sh_env(clone, extra_env=None) -> dict:
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "PYTHONPATH": str(clone / "src"),
            "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@test",
@@ -38,7 +38,37 @@ def sh(clone, *args, check=True, extra_env=None):
     for key in ("DVC_ROOT", "DVC_EXP_NAME", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
     env.update(extra_env or {})
-    result = subprocess.run(list(args), cwd=clone, env=env, capture_output=True, text=True)
+    return {"cwd": clone, "env": env}
+
+
+def stop_queue_workers(clone) -> None:
+    """Ask DVC's queue workers to stop, then end any that linger: an orphaned worker would
+    keep this test's (and CI's) output pipes open."""
+    import time
+
+    import psutil
+
+    subprocess.run(["dvc", "queue", "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=120, **sh_env(clone))
+
+    def workers():
+        found = []
+        for proc in psutil.process_iter(["cmdline", "cwd"]):
+            cmdline, cwd = proc.info["cmdline"] or [], proc.info["cwd"] or ""
+            if "queue-worker" in cmdline and cwd.startswith(str(clone)):
+                found.append(proc)
+        return found
+
+    deadline = time.monotonic() + 30
+    while workers() and time.monotonic() < deadline:
+        time.sleep(1)
+    for proc in workers():
+        proc.kill()
+
+
+def sh(clone, *args, check=True, extra_env=None):
+    # A bounded wait: a hung subprocess fails the test instead of stalling CI.
+    result = subprocess.run(list(args), capture_output=True, text=True, timeout=900, **sh_env(clone, extra_env))
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
                              f"{result.stderr[-4000:]}")
@@ -230,14 +260,19 @@ def test_queued_experiments_run_concurrently_in_temp_copies_and_share_the_store(
     for name, rate in (("queued-a", "0.004"), ("queued-b", "0.005")):
         sh(clone, "dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.learning_rate={rate}",
            "-S", f"train.max_steps={QUICK_STEPS}")
-    sh(clone, "dvc", "queue", "start", "-j", "2")
-    deadline = time.monotonic() + 900
-    while True:
-        status = sh(clone, "dvc", "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(5)
+    # The workers are daemons that inherit stdout: capturing it would wait for them to exit.
+    start = dict(sh_env(clone), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(["dvc", "queue", "start", "-j", "2"], check=True, **start)
+    try:
+        deadline = time.monotonic() + 900
+        while True:
+            status = sh(clone, "dvc", "queue", "status").stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(5)
+    finally:
+        stop_queue_workers(clone)
     assert status.count("Success") >= 2, status
     logs = sh(clone, "dvc", "queue", "logs", "queued-a").stdout + sh(clone, "dvc", "queue", "logs", "queued-b").stdout
     assert "database is locked" not in logs
