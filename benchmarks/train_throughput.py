@@ -1,14 +1,16 @@
-"""Training throughput: this pipeline's configuration against the original notebook's,
+"""Training throughput: this pipeline's configurations against the original notebook's,
 on the same rows in the same run. Prints a Markdown table.
 
     .venv/bin/python benchmarks/train_throughput.py            # CPU, tiny-qwen3
     .venv/bin/python benchmarks/train_throughput.py --rows 96 --steps 6
 
 Each configuration runs in its own process (so peak memory is its own) for the same
-number of optimizer steps over the same M&A sample rows (8 rows a step in both):
+number of optimizer steps over the same M&A sample rows, through the train stage's own
+trainer (mna_tune.train.build_trainer):
 - notebook: batch 1 x 8 accumulation, every row padded to 384 tokens, no packing;
-- pipeline: batch 4 x 2 accumulation, dynamic padding (the train stage's defaults).
-tokens/s counts real (non-padding) tokens only.
+- pipeline: batch 4 x 2 accumulation, dynamic padding (the train stage's defaults);
+- pipeline + packing: 1 x 8 packed sequences of up to 384 tokens (train.packing: true).
+Rows and tokens are counted as they reach the model; tokens/s counts real (non-padding) tokens.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "notebook (1x8, padded to 384)": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 8,
                                       "pad_to_multiple_of": 384},
-    "pipeline (4x2, dynamic padding)": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
-                                        "pad_to_multiple_of": None},
+    "pipeline (4x2, dynamic padding)": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2},
+    "pipeline + packing (1x8 packs of 384)": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 8,
+                                              "packing": True},
 }
 
 
@@ -38,31 +41,39 @@ def run_one(name: str, rows: int, steps: int, out: Path) -> None:
     keep_freed_memory()
     import tempfile
 
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
     from mna_tune.chat import build_messages, training_pair
-    from mna_tune.modeling import build_qwen3_tokenizer, load_base_model, lora_config
+    from mna_tune.modeling import build_qwen3_tokenizer, load_base_model
+    from mna_tune.params import load_params
+    from mna_tune.train import build_trainer
 
     records = json.loads((REPO / "data/sample/mna_qa.json").read_text(encoding="utf-8"))[:rows]
     pairs = [training_pair(build_messages(r["question"], r["answer"])) for r in records]
-    tokenizer = build_qwen3_tokenizer()
-    real_tokens_per_row = [len(tokenizer(p["prompt"] + p["completion"]).input_ids) for p in pairs]
-    config = CONFIGS[name]
+    config = dict(CONFIGS[name])
+    params = load_params(REPO / "params.yaml")
+    params = params.model_copy(update={"train": params.train.model_copy(update={
+        "max_steps": steps, "learning_rate": 1e-4, "max_length": 384, "save_steps": 10_000, "logging_steps": steps,
+        "packing": config.pop("packing", False)})})
+    seen = {"rows": 0, "tokens": 0, "padded": 0}
     with tempfile.TemporaryDirectory() as scratch:
-        args = SFTConfig(output_dir=scratch, max_steps=steps, learning_rate=1e-4, max_length=384, report_to="none",
-                         save_strategy="no", logging_steps=steps, bf16=False, completion_only_loss=True,
-                         seed=42, data_seed=42, disable_tqdm=True, **config)
-        trainer = SFTTrainer(model=load_base_model("tiny-qwen3"), args=args, processing_class=tokenizer,
-                             train_dataset=Dataset.from_list(pairs), peft_config=lora_config(8, 32, 0.1, [
-                                 "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        trainer = build_trainer(params, load_base_model("tiny-qwen3"), build_qwen3_tokenizer(), pairs, [],
+                                Path(scratch), 384, save_strategy="no", disable_tqdm=True, **config)
+        collate = trainer.data_collator
+
+        def counting(examples):  # what really reaches the model
+            batch = collate(examples)
+            for example in examples:
+                lengths = example.get("seq_lengths") or [len(example["input_ids"])]
+                seen["rows"] += len(lengths)
+                seen["tokens"] += sum(lengths)
+            seen["padded"] += batch["input_ids"].numel()
+            return batch
+
+        trainer.data_collator = counting
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
-    samples = steps * config["per_device_train_batch_size"] * config["gradient_accumulation_steps"]
-    # rows are visited in a shuffled order; the mean real length times the samples seen is exact enough
-    real_tokens = samples * sum(real_tokens_per_row) / len(real_tokens_per_row)
-    out.write_text(json.dumps({"seconds": seconds, "samples": samples, "tokens": real_tokens,
+    out.write_text(json.dumps({"seconds": seconds, "samples": seen["rows"], "tokens": seen["tokens"],
+                               "padded": seen["padded"],
                                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -86,12 +97,15 @@ def main() -> None:
             results[name] = json.loads(Path(handle.name).read_text())
     baseline = results[next(iter(CONFIGS))]
     print(f"tiny-qwen3 LoRA r=8 on CPU ({platform.processor() or platform.machine()}), {args.steps} optimizer "
-          f"steps of 8 rows from data/sample/mna_qa.json\n")
-    print("| configuration | wall s | samples/s | real tokens/s | peak RSS MiB | tokens/s vs notebook |")
-    print("|---|---:|---:|---:|---:|---:|")
+          f"steps over the first {args.rows} rows of data/sample/mna_qa.json\n")
+    print("| configuration | wall s | rows | samples/s | real tokens/s | padding share | peak RSS MiB "
+          "| tokens/s vs notebook |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    base_rate = baseline["tokens"] / baseline["seconds"]
     for name, r in results.items():
-        print(f"| {name} | {r['seconds']:.1f} | {r['samples'] / r['seconds']:.2f} | {r['tokens'] / r['seconds']:.0f} | "
-              f"{r['peak_rss_mib']:.0f} | {(r['tokens'] / r['seconds']) / (baseline['tokens'] / baseline['seconds']):.2f}x |")
+        rate = r["tokens"] / r["seconds"]
+        print(f"| {name} | {r['seconds']:.1f} | {r['samples']} | {r['samples'] / r['seconds']:.2f} | {rate:.0f} | "
+              f"{1 - r['tokens'] / r['padded']:.0%} | {r['peak_rss_mib']:.0f} | {rate / base_rate:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -140,6 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
+        if args.command == "train":
+            from .distributed import launch_command, needs_launch
+
+            if needs_launch(params.train):  # every process reruns this command under accelerate
+                import subprocess
+
+                command = launch_command(params.train, list(sys.argv[1:] if argv is None else argv))
+                print(f"train: {params.train.num_processes} processes: {' '.join(command)}", flush=True)
+                return subprocess.run(command).returncode
         if args.command in STAGES:
             STAGES[args.command](params)
         else:

@@ -175,6 +175,17 @@ def quantization_config(quantization: str):
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
+def _device_map():
+    """One GPU per process under accelerate/torchrun (DDP); otherwise spread over the GPUs."""
+    import os
+
+    if not torch.cuda.is_available():
+        return None
+    if "LOCAL_RANK" in os.environ:
+        return {"": int(os.environ["LOCAL_RANK"])}
+    return "auto"
+
+
 def load_base_model(base: str, tiny_seed: int = 0, dtype: str = "auto", quantization: str = "none",
                     attn_implementation: str = "sdpa", for_training: bool = False):
     check_device_support(base, quantization, attn_implementation)
@@ -193,7 +204,7 @@ def load_base_model(base: str, tiny_seed: int = 0, dtype: str = "auto", quantiza
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source.name, dtype=torch_dtype(dtype), trust_remote_code=False, attn_implementation=attn_implementation,
-            quantization_config=quantization_config(quantization), device_map="auto" if torch.cuda.is_available() else None)
+            quantization_config=quantization_config(quantization), device_map=_device_map())
     except OSError as exc:
         raise ModelSourceError(f"cannot load model.base '{base}': {exc}") from None
     if quantization != "none" and for_training:

@@ -115,8 +115,18 @@ class TrainParams(_Section):
     # Rows longer than max_length: `drop` them, or `keep` them whole (the cap rises to the
     # longest row). Either way they are counted; none is ever cut short.
     too_long: Literal["drop", "keep"] = "drop"
+    # TRL best-fit-decreasing packing: rows share sequences of max_length tokens; each row
+    # keeps its own positions and attention (no row sees another) and its answer-only labels.
+    packing: bool = False
+    # Without packing: a batch is its rows laid end to end, no pad tokens (implied by packing).
+    padding_free: bool = False
     # Recompute activations in backward: saves memory on an 8B model, only costs time on tiny-qwen3.
     gradient_checkpointing: bool = False
+    # >1: the train stage relaunches itself under `accelerate launch` with this many processes
+    # (DDP over NCCL on GPUs, gloo on CPU); global batch = processes x batch x accumulation.
+    num_processes: int = Field(1, ge=1)
+    # accelerate config used when num_processes > 1 (configs/accelerate has DDP, FSDP and ZeRO files).
+    accelerate_config: Path = Path("configs/accelerate/ddp.yaml")
     logging_steps: int = Field(1, ge=1)
     # Checkpoints for resuming an interrupted run (kept under .cache/checkpoints, newest N).
     save_steps: int = Field(50, ge=1)

@@ -103,17 +103,104 @@ def checkpoint_dir(params: Params, paths: TrainPaths) -> Path:
     return project_root() / paths.checkpoints / hashlib.sha256(fingerprint.encode()).hexdigest()[:20]
 
 
-def run_train(params: Params, paths: TrainPaths = TrainPaths()) -> dict:
+def sft_args(params: Params, output_dir: Path, max_length: int, has_eval: bool, **overrides):
+    """TRL's SFTConfig from params.yaml (benchmarks pass overrides for the notebook's setup)."""
     import torch
-    from datasets import Dataset
-    from transformers import set_seed
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
-    from .modeling import check_device_support, load_base_model, load_tokenizer, lora_config
+    cfg = params.train
+    cuda = torch.cuda.is_available()
+    padding_free = cfg.padding_free or cfg.packing
+    options = dict(
+        output_dir=str(output_dir),
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float below 1 is a ratio of total steps
+        max_grad_norm=cfg.max_grad_norm,
+        weight_decay=cfg.weight_decay,
+        # Rows already fit (fit_to_max_length). Packing fills sequences of max_length with
+        # whole rows (bfd never splits a row that fits); padding-free without packing must
+        # not truncate, so TRL wants no cap there.
+        max_length=None if padding_free and not cfg.packing else max_length,
+        packing=cfg.packing,
+        packing_strategy="bfd",
+        padding_free=padding_free,
+        logging_steps=cfg.logging_steps,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        eval_strategy="epoch" if has_eval else "no",
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        report_to="none",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,  # several CPU processes then join over gloo
+        ddp_find_unused_parameters=False,  # LoRA: the frozen base has no gradients by design
+        completion_only_loss=True,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    options.update(overrides)
+    return SFTConfig(**options)
+
+
+def build_trainer(params: Params, model, tokenizer, train_records: list[dict], val_records: list[dict],
+                  output_dir: Path, max_length: int, callbacks=(), **overrides):
+    """The one place a trainer is made: the train stage, the packing test and the benchmark use it."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from .modeling import lora_config
+
+    return SFTTrainer(
+        model=model,
+        args=sft_args(params, output_dir, max_length, bool(val_records), **overrides),
+        train_dataset=Dataset.from_list(train_records),
+        eval_dataset=Dataset.from_list(val_records) if val_records else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(params.lora.r, params.lora.alpha, params.lora.dropout, params.lora.target_modules),
+        callbacks=list(callbacks),
+    )
+
+
+def _start_or_resume_run(params: Params, paths: TrainPaths, checkpoints: Path, resume: bool):
     from .tracking import Tracker, git_info
 
+    tracker = Tracker(params.mlflow)
+    run_file = checkpoints / "mlflow_run.json"
+    if resume and run_file.is_file():  # the interrupted run goes on: one MLflow run, one loss curve
+        run_id = json.loads(run_file.read_text(encoding="utf-8"))["run_id"]
+        tracker.set_tags(run_id, {"resumed": "true"})
+        return tracker, run_id
+    tags = git_info()
+    run_id = tracker.start_run(
+        run_name=tags.get("dvc_exp_name") or f"repro-{tags['git_commit'][:8]}",
+        params=params.model_dump(mode="json"),
+        tags={**tags, "stage": "train", "model.base": params.model.base},
+    )
+    tracker.log_datasets(run_id, dataset_inputs(params, paths))
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps({"run_id": run_id}), encoding="utf-8")
+    return tracker, run_id
+
+
+def run_train(params: Params, paths: TrainPaths = TrainPaths()) -> dict | None:
+    """Train and write the stage's outputs. Under several processes every rank trains; only
+    rank 0 logs to MLflow and writes outputs (the others return None)."""
+    from transformers import set_seed
+
+    from .distributed import is_main_process
+    from .modeling import check_device_support, load_base_model, load_tokenizer
+
     check_device_support(params.model.base, params.model.quantization, params.model.attn_implementation)
-    set_seed(params.train.seed)
+    main = is_main_process()
+    set_seed(params.train.seed)  # same seed on every rank: identical LoRA initialisation
     train_records = sft_records(paths.train, params.chat.think_in_loss)
     val_records = sft_records(paths.val, params.chat.think_in_loss) if paths.val.exists() else []
     if not train_records:
@@ -132,69 +219,21 @@ def run_train(params: Params, paths: TrainPaths = TrainPaths()) -> dict:
 
     checkpoints = checkpoint_dir(params, paths)
     resume = any(checkpoints.glob("checkpoint-*/trainer_state.json"))
-    tracker = Tracker(params.mlflow)
-    run_file = checkpoints / "mlflow_run.json"
-    if resume and run_file.is_file():  # the interrupted run goes on: one MLflow run, one loss curve
-        run_id = json.loads(run_file.read_text(encoding="utf-8"))["run_id"]
-        tracker.set_tags(run_id, {"resumed": "true"})
-    else:
-        tags = git_info()
-        run_id = tracker.start_run(
-            run_name=tags.get("dvc_exp_name") or f"repro-{tags['git_commit'][:8]}",
-            params=params.model_dump(mode="json"),
-            tags={**tags, "stage": "train", "model.base": params.model.base},
-        )
-        tracker.log_datasets(run_id, dataset_inputs(params, paths))
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        run_file.write_text(json.dumps({"run_id": run_id}), encoding="utf-8")
-
-    cfg = params.train
-    use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    args = SFTConfig(
-        output_dir=str(checkpoints),
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float below 1 is a ratio of total steps
-        max_grad_norm=cfg.max_grad_norm,
-        weight_decay=cfg.weight_decay,
-        max_length=max_length,
-        logging_steps=cfg.logging_steps,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        eval_strategy="epoch" if val_records else "no",
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        report_to="none",
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        bf16=use_bf16,
-        completion_only_loss=True,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-    )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(train_records),
-        eval_dataset=Dataset.from_list(val_records) if val_records else None,
-        processing_class=tokenizer,
-        peft_config=lora_config(params.lora.r, params.lora.alpha, params.lora.dropout, params.lora.target_modules),
-        callbacks=[tracker.step_callback(run_id)],
-    )
+    tracker, run_id = _start_or_resume_run(params, paths, checkpoints, resume) if main else (None, None)
+    trainer = build_trainer(params, model, tokenizer, train_records, val_records, checkpoints, max_length,
+                            callbacks=[tracker.step_callback(run_id)] if main else [])
     started = time.perf_counter()
-    if resume:
+    if resume and main:
         print(f"train: resuming from the last checkpoint in {checkpoints}")
     try:
         result = trainer.train(resume_from_checkpoint=True if resume else None)
     except BaseException:
-        tracker.end_run(run_id, "FAILED")
+        if main:
+            tracker.end_run(run_id, "FAILED")
         raise
     seconds = time.perf_counter() - started
+    if not main:
+        return None
 
     staging = paths.adapter.with_name(paths.adapter.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
@@ -212,6 +251,8 @@ def run_train(params: Params, paths: TrainPaths = TrainPaths()) -> dict:
         "final_step_loss": round(float(losses[-1][1]), 6) if losses else None,
         "val_loss": round(float(evals[-1]), 6) if evals else None,
         "steps": int(result.global_step),
+        "processes": int(trainer.args.world_size),  # what the Trainer really ran with
+        "packing": params.train.packing,
         "train_rows": len(train_records),
         "val_rows": len(val_records),
         "rows_longer_than_max_length": too_long,
@@ -226,10 +267,10 @@ def run_train(params: Params, paths: TrainPaths = TrainPaths()) -> dict:
     paths.loss_plot.write_text("step,loss\n" + "".join(f"{s},{l}\n" for s, l in losses), encoding="utf-8")
     write_json(paths.metrics, metrics)
     write_json(paths.run_info, {"run_id": run_id, "tracking_uri": tracker.uri})
-    tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None})
+    tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None and not isinstance(v, bool)})
     tracker.log_artifacts(run_id, paths.adapter, "adapter")
     shutil.rmtree(checkpoints, ignore_errors=True)  # done: the adapter is the artifact now
     tracker.end_run(run_id)  # evaluate adds its metrics and the registry version to this run
-    print(f"train: {metrics['steps']} steps, loss {metrics['train_loss']}, val loss {metrics['val_loss']}, "
-          f"{seconds:.1f}s; adapter in {paths.adapter}; MLflow run {run_id}")
+    print(f"train: {metrics['steps']} steps on {metrics['processes']} process(es), loss {metrics['train_loss']}, "
+          f"val loss {metrics['val_loss']}, {seconds:.1f}s; adapter in {paths.adapter}; MLflow run {run_id}")
     return metrics
