@@ -90,3 +90,42 @@ def test_missing_model_folder_is_a_clear_error(in_tmp, capsys):
         assert main([stage]) == 0
     assert main(["train"]) == 1
     assert "model.base './models/qwen3-8b-local': model folder not found" in capsys.readouterr().err
+
+
+def _placements(root):
+    return {row["id"]: (name, row["messages"][1]["content"]) for name in ("train", "val", "test")
+            for row in read_jsonl(root / f"data/processed/{name}.jsonl")}
+
+
+def test_editing_one_raw_row_moves_only_that_row(in_tmp):
+    """The embedded sample through extract..split twice, with one Other.zip answer edited
+    in between: every other row keeps its split; near-duplicate and leakage handling
+    depend on pairs of rows only, so they cannot shuffle the rest."""
+    import shutil
+
+    shutil.copytree(REPO / "data/sample/aihub", in_tmp / "aihub")
+    shutil.copy(REPO / "data/sample/mna_qa.json", in_tmp / "mna.json")
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["data"] = {"aihub_dir": "aihub", "mna_path": "mna.json"}
+    params["filter"]["lexicon_path"] = str(REPO / "data/lexicon/domain_terms.tsv")
+    (in_tmp / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    for stage in ("extract", "filter", "merge", "split"):
+        assert main([stage]) == 0
+    before = _placements(in_tmp)
+    leakage = json.loads((in_tmp / "metrics/split.json").read_text())["leakage"]
+    assert leakage["above_threshold"] == 0 and leakage["held_out_rows"] > 0
+
+    edited_file = in_tmp / "aihub/Other/Other/OT-00-01.json"
+    docs = json.loads(edited_file.read_text(encoding="utf-8"))
+    qa = docs[0]["contents"][0]["QA"][1]
+    old_id = next(row_id for row_id, (_, question) in before.items() if question == qa["question"])
+    qa["answer"] += " 다만 정관에 다른 정함이 있으면 그에 따릅니다."
+    edited_file.write_text(json.dumps(docs, ensure_ascii=False), encoding="utf-8")
+    for stage in ("extract", "filter", "merge", "split"):
+        assert main([stage]) == 0
+    after = _placements(in_tmp)
+
+    assert set(before) - set(after) == {old_id}
+    (new_id,) = set(after) - set(before)
+    assert after[new_id][1] == qa["question"]
+    assert all(after[row_id] == place for row_id, place in before.items() if row_id != old_id)

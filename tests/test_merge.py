@@ -7,6 +7,7 @@ from mna_tune.data.errors import InputError
 from mna_tune.data.io import read_jsonl, write_jsonl
 from mna_tune.data.merge import MergePaths, run_merge
 from mna_tune.data.mna import read_mna
+from mna_tune.params import MergeParams
 
 
 def aihub(question, answer, category="사회"):
@@ -14,14 +15,51 @@ def aihub(question, answer, category="사회"):
             "entry": "/OT.json", "record": "[0]", "subset": "Other", "kind": "other", "score": 50}
 
 
-def run(tmp_path, mna_records, aihub_rows):
+def run(tmp_path, mna_records, aihub_rows, near_dup_threshold=0.9, with_near=False):
     mna = tmp_path / "mna.json"
     mna.write_text(json.dumps(mna_records, ensure_ascii=False), encoding="utf-8")
     paths = MergePaths(aihub_rows=tmp_path / "filtered.jsonl", merged=tmp_path / "merged.jsonl",
-                       duplicates=tmp_path / "dups.jsonl", metrics=tmp_path / "m.json")
+                       duplicates=tmp_path / "dups.jsonl", near_duplicates=tmp_path / "near.jsonl",
+                       metrics=tmp_path / "m.json")
     write_jsonl(paths.aihub_rows, aihub_rows)
-    metrics = run_merge(mna, paths)
-    return metrics, list(read_jsonl(paths.merged)), list(read_jsonl(paths.duplicates))
+    metrics = run_merge(mna, MergeParams(near_dup_threshold=near_dup_threshold), paths)
+    out = metrics, list(read_jsonl(paths.merged)), list(read_jsonl(paths.duplicates))
+    return out + (list(read_jsonl(paths.near_duplicates)),) if with_near else out
+
+
+def test_near_duplicate_questions_collapse_within_and_across_sources(tmp_path):
+    """The original M&A set's pair: 0.83 similar by character 2-3-grams (README)."""
+    mna = [{"question": "합병의 두 가지 유형은 무엇인가요?", "answer": "흡수합병과 신설합병입니다.", "source": "상법"},
+           {"question": "합병의 두 가지 방식은 무엇인가요?", "answer": "흡수합병과 신설합병 두 가지입니다.", "source": "상법"},
+           {"question": "공개매수란 무엇인가요?", "answer": "장외에서 공고하고 주식을 사는 것입니다.", "source": "자본시장법"}]
+    rows = [aihub("공개 매수란 무엇인가요?", "불특정 다수에게 공고하여 주식을 매수하는 것입니다."),
+            aihub("배당이란 무엇인가요?", "이익을 나누는 것입니다.")]
+    metrics, merged, _, near = run(tmp_path, mna, rows, near_dup_threshold=0.8, with_near=True)
+    assert [r["messages"][1]["content"] for r in merged] == [
+        "합병의 두 가지 유형은 무엇인가요?", "공개매수란 무엇인가요?", "배당이란 무엇인가요?"]
+    assert [(p["kept_question"], p["removed_question"], p["kept_source"], p["removed_source"]) for p in near] == [
+        ("합병의 두 가지 유형은 무엇인가요?", "합병의 두 가지 방식은 무엇인가요?", "mna", "mna"),
+        ("공개매수란 무엇인가요?", "공개 매수란 무엇인가요?", "mna", "aihub")]
+    assert near[0]["similarity"] == pytest.approx(0.829, abs=0.001) and near[1]["similarity"] >= 0.8
+    assert near[1]["origin"]["file"] == "Other/Other.zip"  # a collapsed row can be found in the download
+    assert metrics["near_duplicates_removed"] == 2
+    assert metrics["near_duplicates_by_pair"] == {"mna->aihub": 1, "mna->mna": 1}
+
+    # A threshold above both pairs' similarities keeps them; null keeps everything.
+    assert run(tmp_path, mna, rows, near_dup_threshold=max(p["similarity"] for p in near) + 0.01)[0][
+        "near_duplicates_removed"] == 0
+    assert run(tmp_path, mna, rows, near_dup_threshold=None)[0]["near_duplicates_removed"] == 0
+
+
+def test_near_duplicate_chains_keep_rows_that_are_far_apart(tmp_path):
+    from mna_tune.data.merge import collapse_near_duplicates
+    from pipeline_helpers import chat_rows
+
+    rows = chat_rows([("가나다라마바사아자차", "1"), ("가나다라마바사아자카", "2"), ("가나다라마바사아타카", "3")])
+    kept, collapsed = collapse_near_duplicates(rows, 0.75)
+    sims = {(c["kept_id"], c["removed_id"]): c["similarity"] for c in collapsed}
+    assert [r["id"] for r in kept] == [rows[0]["id"], rows[2]["id"]]  # C is near B, but B went, and C is far from A
+    assert list(sims) == [(rows[0]["id"], rows[1]["id"])]
 
 
 def test_exact_duplicates_are_removed_within_and_across_sources(tmp_path):

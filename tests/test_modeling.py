@@ -1,7 +1,7 @@
 import pytest
 
-from mna_tune.modeling import (QWEN3_VOCAB_SIZE, TINY, ModelSourceError, load_base_model, qwen_tiktoken_path,
-                               resolve_base)
+from mna_tune.modeling import QWEN3_VOCAB_SIZE, TINY, ModelSourceError, load_base_model, resolve_base
+from mna_tune.qwen_tokenizer import qwen_tiktoken_path
 
 
 def test_qwen3_tokenizer_is_built_offline_with_the_real_ids(qwen3_tokenizer):

@@ -7,16 +7,25 @@ from mna_tune.data.text import content_id
 from mna_tune.params import SplitParams
 
 
+def words(seed, count=3):
+    """Random Hangul words: questions that share no template, so none are near-twins."""
+    import random
+
+    rng = random.Random(seed)
+    return " ".join("".join(chr(0xAC00 + rng.randrange(11172)) for _ in range(4)) for _ in range(count))
+
+
 def rows(n, prefix="질문"):
     out = []
     for i in range(n):
-        q, a = f"{prefix} {i}번은 무엇인가요?", f"{prefix} {i}번의 답입니다."
+        q, a = f"{words(f'{prefix}{i}')}?", f"{prefix} {i}번의 답입니다."
         out.append({"id": content_id(q, a), "source": "mna", "category": "M&A", "messages": build_messages(q, a)})
     return out
 
 
 def run(tmp_path, data, **params):
-    paths = SplitPaths(merged=tmp_path / "merged.jsonl", out_dir=tmp_path / "processed", metrics=tmp_path / "m.json")
+    paths = SplitPaths(merged=tmp_path / "merged.jsonl", out_dir=tmp_path / "processed",
+                       leakage=tmp_path / "leakage.jsonl", metrics=tmp_path / "m.json")
     write_jsonl(paths.merged, data)
     metrics = run_split(SplitParams(**params), paths)
     return metrics, {name: list(read_jsonl(paths.out_dir / f"{name}.jsonl")) for name in ("train", "val", "test")}
@@ -50,7 +59,7 @@ def test_seed_changes_the_assignment(tmp_path):
 def test_identical_normalised_questions_land_in_one_split(tmp_path):
     data = []
     for i in range(200):
-        q = f"합병 질문 {i}?"
+        q = f"{words(i)}?"
         for variant, answer in enumerate(["첫 번째 답", "두 번째 답", "세 번째 답"]):
             question = q if variant != 1 else f"  {q.replace(' ', '  ')} "
             data.append({"id": content_id(question, answer), "source": "aihub", "category": "사회",
@@ -68,3 +77,38 @@ def test_empty_test_split_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="split left test empty"):
         run(tmp_path, rows(1), test_size=0.01, val_size=0.0)
     assert not list((tmp_path / "processed").glob("*.jsonl"))  # all three files or none
+
+
+def test_near_twins_share_a_split_and_the_leakage_report_shows_none(tmp_path):
+    data = rows(300)
+    twins = [("합병의 두 가지 유형은 무엇인가요?", "흡수합병과 신설합병입니다."),
+             ("합병의 두 가지 방식은 무엇인가요?", "흡수합병과 신설합병 두 가지입니다.")]
+    for k in range(40):  # near-twin pairs: the same question with a different number
+        twins += [(f"{words(f'twin{k}')} 제{k}조 1항은?", "가"), (f"{words(f'twin{k}')} 제{k}조 1항이란?", "나")]
+    data += [{"id": content_id(q, a), "source": "mna", "category": "M&A", "messages": build_messages(q, a)}
+             for q, a in twins]
+    metrics, splits = run(tmp_path, data, leakage_threshold=0.8)
+    where = placement(splits)
+    for first, second in zip(twins[::2], twins[1::2]):
+        assert where[content_id(*first)] == where[content_id(*second)]
+    leakage = metrics["leakage"]
+    assert leakage["above_threshold"] == 0 and leakage["held_out_rows"] == len(splits["val"]) + len(splits["test"])
+    assert leakage["groups_with_twins"] >= 41 and leakage["rows_moved_to_their_twins"] > 0
+
+    report = list(read_jsonl(tmp_path / "leakage.jsonl"))
+    train_ids = {row["id"] for row in splits["train"]}
+    assert {entry["id"] for entry in report} == {row["id"] for row in splits["val"] + splits["test"]}
+    assert all(entry["nearest_train_id"] in train_ids and entry["similarity"] < 0.8 for entry in report)
+
+    # The same rows placed by their own question alone would leak: the report's check can fail.
+    from mna_tune.data.split import assign_split
+
+    naive = {content_id(q, a): assign_split(q, SplitParams()) for q, a in twins}
+    assert any(naive[content_id(*f)] != naive[content_id(*s)] for f, s in zip(twins[::2], twins[1::2]))
+
+
+def test_a_chain_of_templated_questions_is_refused(tmp_path):
+    data = [{"id": content_id(f"질문 {i}번은 무엇인가요?", "답"), "source": "mna", "category": "M&A",
+             "messages": build_messages(f"질문 {i}번은 무엇인가요?", "답")} for i in range(100)]
+    with pytest.raises(ValueError, match="chain into one near-twin group.*raise split.leakage_threshold"):
+        run(tmp_path, data)

@@ -29,13 +29,15 @@ def _filter(p: Params) -> None:
 def _merge(p: Params) -> None:
     from .data.merge import run_merge
 
-    run_merge(p.data.mna_path)
+    run_merge(p.data.mna_path, p.merge)
 
 
 def _split(p: Params) -> None:
     from .data.split import run_split
+    from .data_report import write_data_report
 
     run_split(p.split)
+    write_data_report(p.train.max_length)
 
 
 def _train(p: Params) -> None:

@@ -34,10 +34,17 @@ class ExtractParams(_Section):
 
 
 class FilterParams(_Section):
-    scorer: Literal["lexicon", "column"] = "lexicon"
+    scorer: Literal["lexicon", "column", "llm"] = "lexicon"
     lexicon_path: Path = Path("data/lexicon/domain_terms.tsv")
     # CSV with question, answer, score[, reason]; read only when scorer is `column`.
     scores_path: Path | None = None
+    # scorer `llm`: an OpenAI-compatible endpoint (MNA_TUNE_LLM_BASE_URL, MNA_TUNE_LLM_MODEL,
+    # MNA_TUNE_LLM_API_KEY in the environment, never in params or logs) scores each row with
+    # this prompt; scores are cached by content hash so reruns only score new rows.
+    llm_prompt_path: Path = Path("prompts/llm_relevance.txt")
+    llm_cache_path: Path = Path(".cache/llm_scores.jsonl")
+    llm_concurrency: int = Field(8, ge=1, le=256)
+    llm_timeout_s: float = Field(60, gt=0)
     min_score: float = Field(0, ge=0, le=100)
     exclude_categories: list[str] = Field(default_factory=lambda: ["예체능", "종교", "보건"])
     min_question_chars: int = Field(1, ge=1)
@@ -57,13 +64,19 @@ class FilterParams(_Section):
 
 
 class MergeParams(_Section):
-    """No knobs yet: exact duplicates are always removed."""
+    # Rows whose questions are at least this similar (cosine of character 2-3-grams) are
+    # collapsed to the first (M&A before AI Hub); null keeps near-duplicates. Exact
+    # duplicates are always removed.
+    near_dup_threshold: float | None = Field(0.9, gt=0, le=1)
 
 
 class SplitParams(_Section):
     seed: int = 42
     val_size: float = Field(0.1, ge=0, lt=1)
     test_size: float = Field(0.1, gt=0, lt=1)
+    # Questions at least this similar are near-twins: they always share a split, and the
+    # leakage report counts val/test questions whose nearest train question reaches it.
+    leakage_threshold: float = Field(0.8, gt=0, le=1)
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> "SplitParams":

@@ -12,7 +12,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Literal
+from typing import Literal
 
 from .errors import InputError
 
@@ -23,18 +23,39 @@ LABEL_FOLDER = "02.라벨링데이터"
 JUNK_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 
 
+_OPEN_ARCHIVES: dict[str, zipfile.ZipFile] = {}  # per process: workers read many entries of one archive
+
+
+def _archive(path: str) -> zipfile.ZipFile:
+    if path not in _OPEN_ARCHIVES:
+        _OPEN_ARCHIVES.clear()  # archives are walked one after another: keep one open
+        _OPEN_ARCHIVES[path] = zipfile.ZipFile(path)
+    return _OPEN_ARCHIVES[path]
+
+
 @dataclass(frozen=True)
 class Unit:
+    """Picklable: it says where the bytes are, so worker processes can read units themselves."""
+
     file: str  # path of the plain file or the zip archive, relative to the download root
     entry: str | None  # entry name inside the archive, as stored (often with a leading slash)
     logical: PurePosixPath  # where the unit sits once unzipped: archive stem / entry
     kind: Kind
     subset: str  # Training | Validation | Other
-    read: Callable[[], bytes]
+    source: str  # absolute path of the plain file or of the archive
+    member: str | None = None  # the archive's raw entry name (before cp949 repair)
 
     @property
     def where(self) -> str:
         return self.file if self.entry is None else f"{self.file} :: {self.entry}"
+
+    def read(self) -> bytes:
+        if self.member is None:
+            return Path(self.source).read_bytes()
+        try:
+            return _archive(self.source).read(self.member)
+        except Exception as exc:  # BadZipFile (CRC), zlib.error, EOFError from a damaged archive
+            raise InputError(self.file, f"cannot decompress ({type(exc).__name__}: {exc})", entry=self.entry) from None
 
 
 def _subset(parts: tuple[str, ...]) -> str:
@@ -93,15 +114,7 @@ def _zip_units(root: Path, path: Path) -> Iterator[Unit | InputError]:
         for info in infos:
             name = _entry_name(info)
             logical = stem / name.lstrip("/")
-
-            def read(info: zipfile.ZipInfo = info, name: str = name) -> bytes:
-                # Valid only while the walk is on this archive: units are read as they come.
-                try:
-                    return archive.read(info)
-                except Exception as exc:  # BadZipFile (CRC), zlib.error, EOFError from a damaged archive
-                    raise InputError(rel, f"cannot decompress ({type(exc).__name__}: {exc})", entry=name) from None
-
-            yield Unit(rel, name, logical, classify(logical), _subset(logical.parts), read)
+            yield Unit(rel, name, logical, classify(logical), _subset(logical.parts), str(path), info.filename)
 
 
 def iter_units(root: Path, shadowed: list[str]) -> Iterator[Unit | InputError]:
@@ -124,4 +137,4 @@ def iter_units(root: Path, shadowed: list[str]) -> Iterator[Unit | InputError]:
                 yield from _zip_units(root, path)
                 continue
             logical = PurePosixPath(path.relative_to(root).as_posix())
-            yield Unit(logical.as_posix(), None, logical, classify(logical), _subset(logical.parts), path.read_bytes)
+            yield Unit(logical.as_posix(), None, logical, classify(logical), _subset(logical.parts), str(path))

@@ -6,10 +6,11 @@ decides between `fail` and `skip` and nothing is dropped without a trace.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from typing import Any
+
+import orjson
 
 from .aihub_layout import Unit
 from .errors import InputError
@@ -27,8 +28,8 @@ def parse_json(unit: Unit) -> Any:
     except UnicodeDecodeError as exc:
         raise InputError(unit.file, f"not UTF-8 text (invalid byte at offset {exc.start})", entry=unit.entry) from None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        return orjson.loads(text)  # several times faster than json on large entries; same errors
+    except orjson.JSONDecodeError as exc:
         raise InputError(
             unit.file, f"not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})", entry=unit.entry
         ) from None

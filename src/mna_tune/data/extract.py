@@ -1,5 +1,8 @@
 """extract stage: AI Hub download (zipped or unzipped) -> one JSON line per QA row.
 
+Units (files, archive entries) are parsed on both cores, a few at a time, and written in
+their walk order, so the output is the same for any number of processes.
+
 Non-QA source files are listed in the report and skipped; a bad archive, entry or
 record stops the stage (`fail`) or goes to the rejects file with its reason (`skip`).
 """
@@ -12,11 +15,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .aihub_layout import iter_units
+from .aihub_layout import Unit, iter_units
 from .aihub_records import label_rows, other_rows, parse_json, sniff_label_kind
 from .errors import InputError
 from .io import atomic_open, dumps_line, write_json
-from .text import content_id
+from .parallel import default_processes, ordered_map
 
 
 @dataclass(frozen=True)
@@ -27,14 +30,47 @@ class ExtractPaths:
     metrics: Path = Path("metrics/extract.json")
 
 
-def run_extract(aihub_dir: Path, on_error: str, paths: ExtractPaths = ExtractPaths()) -> dict:
+def _problem(reject: dict) -> InputError:
+    return InputError(reject["file"], reject["reason"], reject["entry"], reject["record"], reject["raw"])
+
+
+def _not_for_workers(item) -> bool:
+    return isinstance(item, InputError) or item.kind in ("source", "ignored")
+
+
+def read_unit(unit: Unit) -> dict:
+    """Parse one unit into rows and rejects (runs in a worker process). Errors travel as
+    dicts: InputError's constructor does not survive pickling."""
+    try:
+        parsed = parse_json(unit)
+    except InputError as problem:
+        return {"unit": unit, "kind": None, "rows": [], "rejects": [problem.as_reject()], "stats": {}}
+    kind = unit.kind if unit.kind != "label" else sniff_label_kind(parsed)
+    if kind is None:
+        return {"unit": unit, "kind": None, "rows": [], "rejects": [], "stats": {}, "unrecognised": True}
+    stats: dict = {}
+    items = other_rows(unit, parsed, stats) if kind == "other" else label_rows(unit, parsed, kind)
+    rows, rejects = [], []
+    for item in items:
+        if isinstance(item, InputError):
+            rejects.append(item.as_reject())
+            rows.append(None)  # keeps the order of rows and rejects for `fail`
+        else:
+            rows.append(item)
+    return {"unit": unit, "kind": kind, "rows": rows, "rejects": rejects, "stats": stats}
+
+
+def run_extract(aihub_dir: Path, on_error: str, paths: ExtractPaths = ExtractPaths(),
+                processes: int | None = None) -> dict:
     shadowed: list[str] = []
     report: dict[str, list] = {"qa_units": [], "source_files": [], "ignored_files": [], "unrecognised_files": [],
                                "shadowed_folders": shadowed}
     by_kind: Counter = Counter()
     by_subset: Counter = Counter()
-    stats: dict = {}
+    by_category: Counter = Counter()
+    stats: Counter = Counter()
     rejected = 0
+    processes = processes or default_processes()
 
     with atomic_open(paths.rows) as rows_out, atomic_open(paths.rejects) as rejects_out:
 
@@ -45,36 +81,39 @@ def run_extract(aihub_dir: Path, on_error: str, paths: ExtractPaths = ExtractPat
             rejects_out.write(dumps_line(problem.as_reject()))
             rejected += 1
 
-        progress = tqdm(iter_units(Path(aihub_dir), shadowed), desc="extract", unit=" files")
-        for unit in progress:
-            if isinstance(unit, InputError):
-                reject(unit)
+        progress = tqdm(desc="extract", unit=" files")
+        units = iter_units(Path(aihub_dir), shadowed)
+        for result in ordered_map(read_unit, units, processes, passthrough=_not_for_workers):
+            progress.update(1)
+            if isinstance(result, InputError):
+                reject(result)
                 continue
-            if unit.kind in ("source", "ignored"):
-                report["source_files" if unit.kind == "source" else "ignored_files"].append(unit.where)
+            if isinstance(result, Unit):  # a non-QA source file, or junk
+                report["source_files" if result.kind == "source" else "ignored_files"].append(result.where)
                 continue
-            try:
-                parsed = parse_json(unit)
-            except InputError as problem:
-                reject(problem)
-                continue
-            kind = unit.kind if unit.kind != "label" else sniff_label_kind(parsed)
-            if kind is None:
+            unit = result["unit"]
+            if result.get("unrecognised"):
                 report["unrecognised_files"].append(unit.where)
                 continue
-            items = other_rows(unit, parsed, stats) if kind == "other" else label_rows(unit, parsed, kind)
+            if result["kind"] is None:  # the whole unit failed to parse
+                reject(_problem(result["rejects"][0]))
+                continue
+            stats.update(result["stats"])
+            problems = iter(result["rejects"])
             count = 0
-            for item in items:
-                if isinstance(item, InputError):
-                    reject(item)
+            for item in result["rows"]:
+                if item is None:
+                    reject(_problem(next(problems)))
                     continue
-                item["id"] = content_id(item["question"], item["answer"])
                 rows_out.write(dumps_line(item))
-                by_kind[kind] += 1
+                by_kind[result["kind"]] += 1
                 by_subset[item["subset"]] += 1
+                by_category[item["category"]] += 1
                 count += 1
-            report["qa_units"].append({"unit": unit.where, "kind": kind, "subset": unit.subset, "rows": count})
+            report["qa_units"].append({"unit": unit.where, "kind": result["kind"], "subset": unit.subset,
+                                       "rows": count})
             progress.set_postfix(rows=sum(by_kind.values()))
+        progress.close()
 
         total = sum(by_kind.values())
         if total == 0:
@@ -89,6 +128,7 @@ def run_extract(aihub_dir: Path, on_error: str, paths: ExtractPaths = ExtractPat
         "rows": total,
         "rows_by_kind": dict(sorted(by_kind.items())),
         "rows_by_subset": dict(sorted(by_subset.items())),
+        "rows_by_category": dict(sorted(by_category.items())),
         "rejected": rejected,
         "qa_files": len(report["qa_units"]),
         "source_files_skipped": len(report["source_files"]),

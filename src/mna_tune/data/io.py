@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+import orjson
+
 
 @contextlib.contextmanager
 def atomic_open(path: Path | str, mode: str = "w") -> Iterator[TextIO]:
@@ -36,7 +38,8 @@ def write_json(path: Path | str, obj: Any) -> None:
 
 
 def dumps_line(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
+    # orjson: the same compact UTF-8 JSON as json.dumps(ensure_ascii=False), several times faster
+    return orjson.dumps(obj).decode("utf-8") + "\n"
 
 
 def write_jsonl(path: Path | str, rows: Iterable[Any]) -> int:
@@ -55,8 +58,8 @@ def read_jsonl(path: Path | str) -> Iterator[dict]:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
+                yield orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{line_no}: not a JSON line: {exc}") from None
 
 

@@ -1,8 +1,10 @@
 """merge stage: M&A rows + filtered AI Hub rows -> de-duplicated chat rows.
 
 Exact duplicates (same question and answer after whitespace normalisation) are removed
-within and across sources. The M&A file comes first, so a curated pair wins over its
-AI Hub twin; every removed row is listed with the id it duplicates.
+within and across sources; then rows whose questions are near-duplicates (similarity at
+least merge.near_dup_threshold, see similarity.py) are collapsed to the first of them.
+The M&A file comes first, so a curated pair wins over its AI Hub twin. Every removed row
+is listed with the row it duplicates (and, for near-duplicates, the similarity).
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..chat import build_messages
-from .io import atomic_open, dumps_line, read_jsonl, write_json
+from ..chat import build_messages, question_of
+from ..params import MergeParams
+from .io import atomic_open, dumps_line, read_jsonl, write_json, write_jsonl
 from .mna import read_mna
+from .similarity import similar_pairs
 from .text import clean_text, content_id
 
 MNA_CATEGORY = "M&A"
@@ -24,6 +28,7 @@ class MergePaths:
     aihub_rows: Path = Path("data/interim/filtered.jsonl")
     merged: Path = Path("data/interim/merged.jsonl")
     duplicates: Path = Path("data/interim/merge_duplicates.jsonl")
+    near_duplicates: Path = Path("data/interim/merge_near_duplicates.jsonl")
     metrics: Path = Path("metrics/merge.json")
 
 
@@ -37,12 +42,34 @@ def _candidates(mna_path: Path, aihub_rows: Path):
         yield "aihub", row["category"], clean_text(row["question"]), clean_text(row["answer"]), origin
 
 
-def run_merge(mna_path: Path, paths: MergePaths = MergePaths()) -> dict:
+def collapse_near_duplicates(rows: list[dict], threshold: float) -> tuple[list[dict], list[dict]]:
+    """Greedy, in row order: a row goes when its question is near one already kept, so
+    a chain A~B~C with A and C apart keeps A and C. Returns (kept, collapsed pairs)."""
+    questions = [question_of(row["messages"]) for row in rows]
+    neighbours: dict[int, list[tuple[int, float]]] = {}
+    for i, j, similarity in similar_pairs(questions, threshold):
+        neighbours.setdefault(j, []).append((i, similarity))
+    kept_flags = [True] * len(rows)
+    collapsed = []
+    for j in range(len(rows)):
+        matches = [(similarity, -i) for i, similarity in neighbours.get(j, []) if kept_flags[i]]
+        if not matches:
+            continue
+        similarity, minus_i = max(matches)  # the most similar kept row, the earliest on ties
+        kept_flags[j] = False
+        keeper = rows[-minus_i]
+        collapsed.append({"kept_id": keeper["id"], "kept_source": keeper["source"],
+                          "kept_question": questions[-minus_i], "removed_id": rows[j]["id"], "removed_source": rows[j]["source"],
+                          "removed_question": questions[j], "similarity": similarity, "origin": rows[j].get("origin")})
+    return [row for row, keep in zip(rows, kept_flags) if keep], collapsed
+
+
+def run_merge(mna_path: Path, params: MergeParams = MergeParams(), paths: MergePaths = MergePaths()) -> dict:
     seen: dict[str, str] = {}
     rows_in: Counter = Counter()
-    kept: Counter = Counter()
     duplicates: Counter = Counter()
-    with atomic_open(paths.merged) as merged_out, atomic_open(paths.duplicates) as dup_out:
+    unique: list[dict] = []  # filtered rows: small enough to hold (see similarity.py on scale)
+    with atomic_open(paths.duplicates) as dup_out:
         for source, category, question, answer, origin in _candidates(Path(mna_path), paths.aihub_rows):
             rows_in[source] += 1
             row_id = content_id(question, answer)
@@ -52,17 +79,27 @@ def run_merge(mna_path: Path, paths: MergePaths = MergePaths()) -> dict:
                                           "origin": origin}))
                 continue
             seen[row_id] = source
-            kept[source] += 1
-            merged_out.write(dumps_line({"id": row_id, "source": source, "category": category,
-                                         "messages": build_messages(question, answer), "origin": origin}))
+            unique.append({"id": row_id, "source": source, "category": category,
+                           "messages": build_messages(question, answer), "origin": origin})
+    collapsed: list[dict] = []
+    kept_rows = unique
+    if params.near_dup_threshold is not None:
+        kept_rows, collapsed = collapse_near_duplicates(unique, params.near_dup_threshold)
+    write_jsonl(paths.near_duplicates, collapsed)
+    write_jsonl(paths.merged, kept_rows)
+    kept = Counter(row["source"] for row in kept_rows)
+    near = Counter(f"{pair['kept_source']}->{pair['removed_source']}" for pair in collapsed)
     metrics = {
         "rows_in": dict(sorted(rows_in.items())),
-        "rows_out": sum(kept.values()),
+        "rows_out": len(kept_rows),
         "rows_out_by_source": dict(sorted(kept.items())),
         "exact_duplicates_removed": sum(duplicates.values()),
         "exact_duplicates_by_pair": dict(sorted(duplicates.items())),
+        "near_duplicates_removed": len(collapsed),
+        "near_duplicates_by_pair": dict(sorted(near.items())),
+        "near_dup_threshold": params.near_dup_threshold,
     }
     write_json(paths.metrics, metrics)
-    print(f"merge: {metrics['rows_out']} chat rows ({dict(kept)}), "
-          f"{metrics['exact_duplicates_removed']} exact duplicates removed")
+    print(f"merge: {metrics['rows_out']} chat rows ({dict(kept)}), {metrics['exact_duplicates_removed']} exact and "
+          f"{len(collapsed)} near duplicates removed")
     return metrics

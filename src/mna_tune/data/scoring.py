@@ -1,7 +1,9 @@
 """Relevance scorers for the filter stage: every AI Hub row gets a 0-100 score and a reason.
 
 `lexicon` (default) is deterministic: weighted M&A/finance/law terms from a TSV file in the
-repo. `column` joins an external labelled CSV, like the original LLM labelling step.
+repo. `column` joins an external labelled CSV, like the original LLM labelling step. `llm`
+asks an OpenAI-compatible endpoint (see llm_scorer.py), so callers should hand it rows in
+batches through `score_batch`, which it sends concurrently.
 """
 
 from __future__ import annotations
@@ -10,15 +12,25 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import InputError
+from .llm_scorer import LlmScorer
 from .text import match_key
+
+if TYPE_CHECKING:
+    from ..params import FilterParams
 
 
 class Scorer(Protocol):
     def score(self, question: str, answer: str) -> tuple[int, str] | None:
         """(score, reason), or None when the scorer has no score for the row."""
+
+    def score_batch(
+        self, pairs: list[tuple[str, str]], wheres: list[str] | None = None
+    ) -> list[tuple[int, str] | None]:
+        """score() for each (question, answer), in input order. `wheres` optionally labels
+        each row ("file :: entry :: record") for scorers that can fail on one row."""
 
 
 def _step5(value: float) -> int:
@@ -61,6 +73,11 @@ class LexiconScorer:
         total = sum(self.weights[term] for term in found)
         return _step5(total), ", ".join(f"{term}(+{self.weights[term]})" for term in found)
 
+    def score_batch(
+        self, pairs: list[tuple[str, str]], wheres: list[str] | None = None
+    ) -> list[tuple[int, str]]:
+        return [self.score(question, answer) for question, answer in pairs]
+
 
 @dataclass(frozen=True)
 class ColumnScorer:
@@ -96,11 +113,23 @@ class ColumnScorer:
     def score(self, question: str, answer: str) -> tuple[int, str] | None:
         return self.labels.get((match_key(question), match_key(answer)))
 
+    def score_batch(
+        self, pairs: list[tuple[str, str]], wheres: list[str] | None = None
+    ) -> list[tuple[int, str] | None]:
+        return [self.score(question, answer) for question, answer in pairs]
 
-def make_scorer(kind: str, lexicon_path: Path, scores_path: Path | None) -> Scorer:
+
+def make_scorer(
+    kind: str, lexicon_path: Path, scores_path: Path | None, params: FilterParams | None = None
+) -> Scorer:
+    """`params` (the whole filter section) is needed only by the `llm` scorer."""
     if kind == "lexicon":
         return LexiconScorer.from_tsv(lexicon_path)
     if kind == "column":
         assert scores_path is not None  # params validation guarantees it
         return ColumnScorer.from_csv(scores_path)
+    if kind == "llm":
+        if params is None:
+            raise ValueError("filter.scorer 'llm' needs the filter params: make_scorer(..., params=params)")
+        return LlmScorer.from_params(params)
     raise ValueError(f"unknown filter.scorer '{kind}'")

@@ -1,0 +1,49 @@
+"""The split stage's data report: token lengths with the real Qwen3 tokenizer and rows
+per stage by source and category, as DVC metrics and plots."""
+
+import csv
+import json
+
+from mna_tune.chat import training_pair
+from mna_tune.data.io import write_jsonl
+from mna_tune.data_report import ReportPaths, length_stats, write_data_report
+
+from pipeline_helpers import QA, chat_rows
+
+
+def test_length_stats_against_hand_computed_values():
+    stats = length_stats([10, 20, 30, 40, 500], max_length=384)
+    assert stats == {"rows": 5, "mean": 120.0, "p50": 30, "p90": 500, "p99": 500, "max": 500,
+                     "longer_than_max_length": 1, "share_longer_than_max_length": 0.2}
+
+
+def test_report_counts_real_qwen3_tokens_and_rows_per_stage(tmp_path, qwen3_tokenizer):
+    paths = ReportPaths(extract_metrics=tmp_path / "extract.json", filter_metrics=tmp_path / "filter.json",
+                        merged=tmp_path / "merged.jsonl", processed=tmp_path / "processed",
+                        metrics=tmp_path / "report.json", rows_plot=tmp_path / "rows.csv",
+                        lengths_plot=tmp_path / "lengths.csv")
+    (tmp_path / "extract.json").write_text(json.dumps({"rows_by_category": {"사회": 7, "종교": 2}}))
+    (tmp_path / "filter.json").write_text(json.dumps({"kept_by_category": {"사회": 3}}))
+    long_answer = "합병 " * 400  # far beyond 150 tokens
+    train = chat_rows(QA[:3] + [("긴 답의 질문?", long_answer)])
+    write_jsonl(tmp_path / "merged.jsonl", train + chat_rows(QA[3:]))
+    write_jsonl(paths.processed / "train.jsonl", train)
+    write_jsonl(paths.processed / "val.jsonl", [])
+    write_jsonl(paths.processed / "test.jsonl", chat_rows(QA[3:]))
+
+    report = write_data_report(150, paths, qwen3_tokenizer)
+    expected = sorted(len(qwen3_tokenizer(p["prompt"] + p["completion"], add_special_tokens=False).input_ids)
+                      for p in (training_pair(row["messages"]) for row in train))
+    assert report["token_lengths"]["train"]["max"] == expected[-1] > 400
+    assert report["token_lengths"]["train"]["longer_than_max_length"] == sum(n > 150 for n in expected) == 1
+    assert report["token_lengths"]["val"]["rows"] == 0
+    assert report["rows_by_stage"] == {"extract": 9, "filter": 3, "merge": 5, "split_train": 4, "split_val": 0,
+                                       "split_test": 1}
+    assert json.loads(paths.metrics.read_text()) == report
+
+    rows = list(csv.DictReader(paths.rows_plot.open(encoding="utf-8")))
+    assert {"stage_source_category": "extract aihub/종교", "rows": "2"} in rows
+    assert {"stage_source_category": "split_train mna/M&A", "rows": "4"} in rows
+    lengths = list(csv.DictReader(paths.lengths_plot.open(encoding="utf-8")))
+    assert sum(int(r["train"]) for r in lengths) == 4 and sum(int(r["test"]) for r in lengths) == 1
+    assert int(lengths[-1]["tokens"]) >= expected[-1]  # the last bin holds the longest row

@@ -1,0 +1,382 @@
+"""The `llm` scorer against a real HTTP server on 127.0.0.1 that plays an OpenAI-compatible
+chat endpoint and records every request it gets."""
+
+import json
+import re
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from mna_tune.data.errors import InputError
+from mna_tune.data.llm_scorer import (
+    ENV_API_KEY,
+    ENV_BASE_URL,
+    ENV_MODEL,
+    LlmConfigError,
+    LlmScorer,
+    LlmScoringError,
+    parse_reply,
+    safe_url,
+)
+from mna_tune.data.scoring import LexiconScorer, make_scorer
+from mna_tune.params import FilterParams
+
+from conftest import REPO
+
+SECRET = "sk-test-4f9c1e2d-not-a-real-key"
+TEMPLATE = 'Q: {question}\nA: {answer}\n답: {"score": <0~100>, "reason": "<한 줄>"}\n'
+QUESTION = re.compile(r"^Q: (.*)$", re.MULTILINE)
+
+
+class FakeLlm:
+    """State shared with the handler threads: what came in, and what to answer."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests: list[dict] = []
+        self.in_flight = self.max_in_flight = 0
+        self.delay_s = 0.0
+        self.script: list[tuple[int, str]] = []  # (status, body) answered first, in order
+        self.replies: dict[str, str] = {}  # question -> message content
+        self.url = ""
+
+    def reply_for(self, question: str) -> str:
+        default = json.dumps({"score": 50, "reason": f"{question} 관련"}, ensure_ascii=False)
+        return self.replies.get(question, default)
+
+    def respond(self, request: dict) -> tuple[int, str]:
+        with self.lock:
+            if self.script:
+                return self.script.pop(0)
+        content = self.reply_for(question_of(request))
+        if content.startswith("ECHO_AUTH"):  # a broken server that repeats what it was sent
+            content = "I got " + request["headers"].get("authorization", "")
+        return 200, json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})
+
+
+def question_of(request: dict) -> str:
+    return QUESTION.search(request["body"]["messages"][-1]["content"]).group(1)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64  # the default backlog of 5 drops concurrent connects (1 s SYN retry)
+
+
+def make_handler(state: FakeLlm):
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            request = {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
+            with state.lock:
+                state.requests.append(request)
+                state.in_flight += 1
+                state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            try:
+                time.sleep(state.delay_s)
+                status, payload = state.respond(request)
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
+            data = payload.encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):  # keep pytest output clean
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def server(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)  # 127.0.0.1 only, never through a proxy
+    state = FakeLlm()
+    httpd = Server(("127.0.0.1", 0), make_handler(state))
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def environ(server):
+    return {ENV_BASE_URL: server.url + "/v1/", ENV_MODEL: "qwen3-test", ENV_API_KEY: SECRET}
+
+
+def params_for(tmp_path, template=TEMPLATE, **overrides):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text(template, encoding="utf-8")
+    return FilterParams(scorer="llm", llm_prompt_path=prompt, llm_cache_path=tmp_path / "cache" / "llm.jsonl",
+                        **overrides)
+
+
+def scorer_for(tmp_path, environ, template=TEMPLATE, **overrides) -> LlmScorer:
+    return LlmScorer.from_params(params_for(tmp_path, template, **overrides), environ, backoff_s=0.001)
+
+
+ROWS = [("합병이란?", "두 회사가 하나가 되는 것."), ("김치는?", "배추로 만든다."), ("공개매수란?", "장외 매수.")]
+
+
+def test_scores_and_reasons_are_parsed_in_input_order(tmp_path, server, environ):
+    server.replies = {
+        "합병이란?": '{"score": 90, "reason": "M&A를 직접 다룬다."}',
+        "김치는?": '<think>\n{"score": 100, "reason": "생각 중"}\n</think>\n\n{"score": 0, "reason": "요리"}',
+        "공개매수란?": '결과입니다:\n```json\n{"score": "72.5", "reason": "자본시장\n 주제"}\n```\n이상입니다.',
+    }
+    scores = scorer_for(tmp_path, environ).score_batch(ROWS)
+    assert scores == [(90, "M&A를 직접 다룬다."), (0, "요리"), (75, "자본시장 주제")]
+    request = server.requests[0]
+    assert request["path"] == "/v1/chat/completions"
+    body = request["body"]
+    assert body["model"] == "qwen3-test" and body["temperature"] == 0 and body["max_tokens"] > 0
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}
+    assert body["messages"][-1]["role"] == "user"
+    assert '"score": <0~100>' in body["messages"][-1]["content"]  # JSON braces survive rendering
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ('{"score": 42, "reason": "x"}', (40, "x")),
+    ('{"score": 43, "reason": "x"}', (45, "x")),
+    ('{"score": 100.0, "reason": "x"}', (100, "x")),
+    ("prose {not json} then {\"score\": 5, \"reason\": \"y\"}", (5, "y")),
+    ('{"score": 101, "reason": "x"}', None),
+    ('{"score": -5, "reason": "x"}', None),
+    ('{"score": true, "reason": "x"}', None),
+    ('{"score": "높음", "reason": "x"}', None),
+    ('{"score": 50}', None),
+    ('<think>{"score": 50, "reason": "x"}', None),  # thinking cut off before any answer
+    ("점수는 50점입니다", None),
+])
+def test_parse_reply(content, expected):
+    assert parse_reply(content) == expected
+
+
+def test_reruns_use_the_cache_and_only_new_rows_are_sent(tmp_path, server, environ):
+    first = scorer_for(tmp_path, environ).score_batch(ROWS)
+    assert len(server.requests) == 3
+
+    # A fresh scorer (a new run) reads the file; whitespace differences are the same row.
+    respaced = [(f"  {question} ", answer.replace(" ", "\n")) for question, answer in ROWS]
+    assert scorer_for(tmp_path, environ).score_batch(respaced) == first
+    assert len(server.requests) == 3
+
+    scorer_for(tmp_path, environ).score_batch(ROWS + [("실사란?", "기업 조사.")])
+    assert len(server.requests) == 4
+    assert question_of(server.requests[-1]) == "실사란?"
+
+    lines = [json.loads(line) for line in (tmp_path / "cache" / "llm.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == 4 and all(set(line) == {"key", "score", "reason", "model"} for line in lines)
+
+
+def test_identical_rows_in_one_batch_are_asked_once(tmp_path, server, environ):
+    scores = scorer_for(tmp_path, environ).score_batch([ROWS[0], ROWS[1], ROWS[0]])
+    assert len(server.requests) == 2 and scores[0] == scores[2]
+
+
+def test_a_new_prompt_or_model_scores_again(tmp_path, server, environ):
+    scorer_for(tmp_path, environ).score_batch(ROWS)
+    scorer_for(tmp_path, environ, template=TEMPLATE + "금융 관련성을 평가하라.\n").score_batch(ROWS)
+    assert len(server.requests) == 6
+    scorer_for(tmp_path, {**environ, ENV_MODEL: "qwen3-other"}).score_batch(ROWS)
+    assert len(server.requests) == 9
+    assert server.requests[-1]["body"]["model"] == "qwen3-other"
+
+
+def test_the_key_is_sent_but_never_stored_or_shown(tmp_path, server, environ):
+    scorer = scorer_for(tmp_path, environ)
+    scorer.score_batch(ROWS[:1])
+    assert server.requests[0]["headers"]["authorization"] == f"Bearer {SECRET}"
+    assert SECRET not in (tmp_path / "cache" / "llm.jsonl").read_text(encoding="utf-8")
+    assert SECRET not in repr(scorer)
+
+    server.replies = {"김치는?": "ECHO_AUTH"}  # the reply repeats the Authorization header
+    with pytest.raises(LlmScoringError) as caught:
+        scorer.score_batch(ROWS[1:2])
+    assert "I got Bearer ***" in str(caught.value) and SECRET not in str(caught.value)
+
+    server.script = [(401, json.dumps({"error": f"bad key {SECRET}"}))]
+    with pytest.raises(LlmScoringError) as caught:
+        scorer.score_batch(ROWS[2:])
+    assert "HTTP 401" in str(caught.value) and ENV_API_KEY in str(caught.value)
+    assert SECRET not in str(caught.value)
+
+
+def test_no_authorization_header_without_a_key(tmp_path, server, environ):
+    scorer_for(tmp_path, {ENV_BASE_URL: environ[ENV_BASE_URL], ENV_MODEL: "m"}).score_batch(ROWS[:1])
+    assert "authorization" not in server.requests[0]["headers"]
+
+
+def test_urls_in_messages_lose_their_credentials():
+    assert safe_url("https://user:pw@llm.example:8443/v1?token=abc#x") == "https://llm.example:8443/v1"
+
+
+def test_server_errors_and_rate_limits_are_retried(tmp_path, server, environ):
+    server.script = [(500, "boom"), (429, "slow down")]
+    assert scorer_for(tmp_path, environ).score_batch(ROWS[:1]) == [(50, "합병이란? 관련")]
+    assert len(server.requests) == 3
+
+
+def test_a_garbage_reply_names_the_row_and_what_came_back(tmp_path, server, environ):
+    server.replies = {"김치는?": "죄송하지만 점수를 드릴 수 없습니다. " * 30}
+    scorer = scorer_for(tmp_path, environ)
+    with pytest.raises(ValueError) as caught:
+        scorer.score_batch(ROWS, wheres=["a.zip :: 1.json :: record 0", "a.zip :: 2.json :: record 7", "c"])
+    message = str(caught.value)
+    assert message.startswith("a.zip :: 2.json :: record 7: ")
+    assert "죄송하지만 점수를" in message and len(message) < 600  # quoted, truncated
+    assert len(server.requests) == 2 + scorer.attempts  # the good rows once, the bad one retried
+
+    # The good rows were kept: once the endpoint behaves, only the failed row is sent.
+    server.replies = {}
+    scorer_for(tmp_path, environ).score_batch(ROWS)
+    assert len(server.requests) == 2 + scorer.attempts + 1
+
+
+def test_a_client_error_is_not_retried(tmp_path, server, environ):
+    server.script = [(400, '{"error": "model qwen3-test does not exist"}')]
+    with pytest.raises(LlmScoringError, match=r"^row 1 of the batch: .*HTTP 400.*does not exist"):
+        scorer_for(tmp_path, environ).score(*ROWS[0])
+    assert len(server.requests) == 1
+
+
+def test_an_unreachable_endpoint_fails_after_retries_without_showing_credentials(tmp_path, environ):
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environ = {**environ, ENV_BASE_URL: f"http://user:hunter2@127.0.0.1:{port}/v1"}
+    with pytest.raises(LlmScoringError, match=r"ConnectError") as caught:
+        scorer_for(tmp_path, environ).score(*ROWS[0], where="r1")
+    message = str(caught.value)
+    assert message.startswith(f"r1: no usable score from http://127.0.0.1:{port}/v1 after 4 attempts")
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8000/v1", "http://127.0.0.1:99999999/v1", "http://user:pw@[::1/v1"])
+def test_a_bad_url_is_a_clear_error_that_does_not_quote_it(tmp_path, environ, url):
+    with pytest.raises(LlmConfigError, match=ENV_BASE_URL) as caught:
+        scorer_for(tmp_path, {**environ, ENV_BASE_URL: url})
+    assert "pw" not in str(caught.value) and "8000" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("missing", "named"), [(ENV_BASE_URL, ENV_BASE_URL), (ENV_MODEL, ENV_MODEL)])
+def test_missing_environment_is_a_clear_error(tmp_path, environ, missing, named):
+    environ = {name: value for name, value in environ.items() if name != missing}
+    with pytest.raises(LlmConfigError, match=named) as caught:
+        scorer_for(tmp_path, environ)
+    assert isinstance(caught.value, ValueError) and SECRET not in str(caught.value)
+
+
+def test_make_scorer_builds_the_llm_scorer_from_the_environment(tmp_path, server, environ, monkeypatch):
+    params = params_for(tmp_path)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    scorer = make_scorer("llm", params.lexicon_path, None, params)
+    assert isinstance(scorer, LlmScorer) and scorer.model == "qwen3-test" and scorer.concurrency == 8
+    with pytest.raises(ValueError, match="filter params"):
+        make_scorer("llm", params.lexicon_path, None)
+    monkeypatch.delenv(ENV_BASE_URL)
+    with pytest.raises(LlmConfigError, match=ENV_BASE_URL):
+        make_scorer("llm", params.lexicon_path, None, params)
+
+
+def test_requests_overlap_up_to_the_concurrency(tmp_path, server, environ):
+    server.delay_s = 0.2
+    rows = [(f"질문 {n}", f"답변 {n}") for n in range(8)]
+    started = time.perf_counter()
+    scores = scorer_for(tmp_path, environ, llm_concurrency=8).score_batch(rows)
+    elapsed = time.perf_counter() - started
+    assert [reason for _, reason in scores] == [f"질문 {n} 관련" for n in range(8)]
+    assert server.max_in_flight > 1
+    assert elapsed < 8 * 0.2 * 0.75  # sequential would take 1.6 s
+
+
+def test_an_interrupted_last_cache_line_is_dropped_and_rescored(tmp_path, server, environ, capsys):
+    scorer_for(tmp_path, environ).score_batch(ROWS[:1])  # one at a time: the cache order is known
+    scorer_for(tmp_path, environ).score_batch(ROWS[1:2])
+    cache = tmp_path / "cache" / "llm.jsonl"
+    text = cache.read_text(encoding="utf-8")
+    cache.write_text(text[: len(text) - 20], encoding="utf-8")  # the second entry cut mid-write
+
+    assert scorer_for(tmp_path, environ).score_batch(ROWS[:2])[1] == (50, "김치는? 관련")
+    assert len(server.requests) == 3 and question_of(server.requests[-1]) == "김치는?"
+    assert "line 2 is incomplete" in capsys.readouterr().err
+    assert len([json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]) == 2
+
+
+def test_a_cache_entry_cut_before_its_newline_is_kept(tmp_path, server, environ):
+    scorer_for(tmp_path, environ).score_batch(ROWS[:1])
+    cache = tmp_path / "cache" / "llm.jsonl"
+    cache.write_text(cache.read_text(encoding="utf-8").rstrip("\n"), encoding="utf-8")
+    scorer_for(tmp_path, environ).score_batch(ROWS[:2])
+    assert len(server.requests) == 2
+    assert len([json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]) == 2
+
+
+def test_a_damaged_cache_line_elsewhere_is_an_error(tmp_path, server, environ):
+    scorer_for(tmp_path, environ).score_batch(ROWS[:2])
+    cache = tmp_path / "cache" / "llm.jsonl"
+    lines = cache.read_text(encoding="utf-8").splitlines(keepends=True)
+    cache.write_text("{broken\n" + "".join(lines), encoding="utf-8")
+    with pytest.raises(InputError, match=r"llm\.jsonl :: record line 1: not a cache entry"):
+        scorer_for(tmp_path, environ).score_batch(ROWS[:2])
+
+
+def test_a_relative_cache_path_lands_under_the_working_directory(in_tmp, server, environ):
+    prompt = in_tmp / "prompt.txt"
+    prompt.write_text(TEMPLATE, encoding="utf-8")
+    params = FilterParams(scorer="llm", llm_prompt_path=prompt)  # default .cache/llm_scores.jsonl
+    LlmScorer.from_params(params, environ, backoff_s=0.001).score_batch(ROWS[:1])
+    assert (in_tmp / ".cache" / "llm_scores.jsonl").exists()
+
+
+def test_a_prompt_without_placeholders_is_rejected(tmp_path, environ):
+    with pytest.raises(InputError, match=r"lacks the placeholder\(s\) \{answer\}"):
+        scorer_for(tmp_path, environ, template="Q: {question}\n")
+
+
+def test_the_repository_prompt_renders_both_fields():
+    from mna_tune.data.llm_scorer import load_template, render_prompt
+
+    template = load_template(REPO / FilterParams().llm_prompt_path)
+    rendered = render_prompt(template, "질문 {answer}", "답변")
+    assert "질문 {answer}" in rendered and "답변" in rendered and '{"score"' in rendered
+
+
+def test_other_scorers_score_batches_row_by_row():
+    scorer = LexiconScorer.from_tsv(REPO / "data/lexicon/domain_terms.tsv")
+    assert scorer.score_batch(ROWS) == [scorer.score(question, answer) for question, answer in ROWS]
+
+
+def test_the_filter_stage_scores_with_the_llm_and_reruns_send_nothing(tmp_path, server, environ, monkeypatch):
+    from mna_tune.data.filter import FilterPaths, run_filter
+    from mna_tune.data.io import read_jsonl, write_jsonl
+
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    server.replies = {"합병이란?": '{"score": 90, "reason": "M&A 핵심 개념"}',
+                      "김치는?": '<think>\n음식 질문\n</think>\n{"score": 0, "reason": "무관"}'}
+    rows = [{"question": q, "answer": a, "category": "사회", "file": "Other/Other.zip", "entry": "/OT.json",
+             "record": f"[{i}]"} for i, (q, a) in enumerate(ROWS)]
+    paths = FilterPaths(rows_in=tmp_path / "extracted.jsonl", kept=tmp_path / "kept.jsonl",
+                        dropped=tmp_path / "dropped.jsonl", metrics=tmp_path / "filter.json")
+    write_jsonl(paths.rows_in, rows)
+    params = params_for(tmp_path, min_score=30, exclude_categories=[])
+    metrics = run_filter(params, paths)
+    kept = list(read_jsonl(paths.kept))
+    assert [(r["question"], r["score"]) for r in kept] == [("합병이란?", 90), ("공개매수란?", 50)]
+    assert kept[0]["score_reason"] == "M&A 핵심 개념" and metrics["dropped"]["below_min_score"] == 1
+    assert len(server.requests) == 3
+    run_filter(params, paths)
+    assert len(server.requests) == 3  # every row came from the cache
+    for path in (paths.kept, paths.dropped, paths.metrics, params.llm_cache_path):
+        assert SECRET not in path.read_text(encoding="utf-8")
