@@ -31,6 +31,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 EXCLUDED = ["예체능", "종교", "보건"]
+OUTPUTS = {"extract": ["data/interim/extract*"], "filter": ["data/interim/filter*"],
+           "merge": ["data/interim/merge*"], "split": ["data/processed/*", "reports/split_leakage.jsonl"]}
 
 
 def _zip_entries(root: Path):
@@ -90,8 +92,9 @@ def stage(workspace: Path, name: str) -> dict:
     if code:
         raise SystemExit(code)
     metrics = json.loads((workspace / f"metrics/{name}.json").read_text(encoding="utf-8"))
-    return {"rows": metrics.get("rows") or metrics.get("rows_kept") or metrics.get("rows_out")
-            or sum(metrics.get("rows", {}).values() if isinstance(metrics.get("rows"), dict) else [])}
+    written = sum(path.stat().st_size for pattern in OUTPUTS[name] for path in workspace.glob(pattern))
+    rows = metrics.get("rows_kept") or metrics.get("rows_out") or metrics.get("rows")
+    return {"rows": sum(rows.values()) if isinstance(rows, dict) else rows, "output_mib": written / 2**20}
 
 
 def run_step(step: str, root: Path, workspace: Path) -> dict:
@@ -149,13 +152,14 @@ def main() -> None:
     size = sum(path.stat().st_size for path in root.rglob("*.zip")) / 2**20
     print(f"{args.rows:,} QA rows ({size:.0f} MiB of zips), {os.cpu_count()} cores "
           f"({platform.processor() or platform.machine()}), Python {platform.python_version()}\n")
-    print("| step | rows out | wall s | peak RSS MiB | vs baseline | vs floor (orjson) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| step | rows out | wall s | peak RSS MiB | output MiB | vs baseline | vs floor (orjson) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     base, fl = results["baseline"]["seconds"], results["floor-orjson"]["seconds"]
     for step, r in results.items():
         rows = r.get("kept", r.get("rows", ""))
         rows = f"{rows:,}" if isinstance(rows, int) else ""
-        print(f"| {step} | {rows} | {r['seconds']:.1f} | {r['rss_mib']:.0f} | {base / r['seconds']:.2f}x faster | "
+        output = f"{r['output_mib']:.0f}" if "output_mib" in r else ""
+        print(f"| {step} | {rows} | {r['seconds']:.1f} | {r['rss_mib']:.0f} | {output} | {base / r['seconds']:.2f}x faster | "
               f"{r['seconds'] / fl:.2f}x the floor |")
 
 

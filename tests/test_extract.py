@@ -7,20 +7,21 @@ from aihub_factory import (OTHER_DIR, SFT_DIR, SOURCE_DIR, other_doc, rm_record,
                            zip_every_archive, zip_folder)
 from mna_tune.data.errors import InputError
 from mna_tune.data.extract import ExtractPaths, run_extract
+from mna_tune.data.columnar import read_rows
 from mna_tune.data.io import read_jsonl
 
 from conftest import REPO
 
 
 def paths(tmp_path):
-    return ExtractPaths(rows=tmp_path / "out/rows.jsonl", rejects=tmp_path / "out/rejects.jsonl",
+    return ExtractPaths(rows=tmp_path / "out/rows.parquet", rejects=tmp_path / "out/rejects.jsonl",
                         report=tmp_path / "out/report.json", metrics=tmp_path / "out/metrics.json")
 
 
 def extract(tmp_path, root, on_error="fail"):
     p = paths(tmp_path)
     metrics = run_extract(root, on_error, p)
-    rows = list(read_jsonl(p.rows))
+    rows = list(read_rows(p.rows))
     rejects = list(read_jsonl(p.rejects))
     report = json.loads(p.report.read_text(encoding="utf-8"))
     return metrics, rows, rejects, report

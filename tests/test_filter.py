@@ -2,7 +2,8 @@ import pytest
 
 from mna_tune.data.errors import InputError
 from mna_tune.data.filter import EmptyFilterResult, FilterPaths, run_filter
-from mna_tune.data.io import read_jsonl, write_jsonl
+from mna_tune.data.columnar import read_rows
+from mna_tune.data.io import write_jsonl
 from mna_tune.data.scoring import ColumnScorer, LexiconScorer
 from mna_tune.params import FilterParams
 
@@ -27,11 +28,11 @@ ROWS = [
 
 def run(tmp_path, **overrides):
     params = FilterParams(lexicon_path=LEXICON, **overrides)
-    paths = FilterPaths(rows_in=tmp_path / "in.jsonl", kept=tmp_path / "kept.jsonl",
-                        dropped=tmp_path / "dropped.jsonl", metrics=tmp_path / "m.json")
+    paths = FilterPaths(rows_in=tmp_path / "in.jsonl", kept=tmp_path / "kept.parquet",
+                        dropped=tmp_path / "dropped.parquet", metrics=tmp_path / "m.json")
     write_jsonl(paths.rows_in, ROWS)
     metrics = run_filter(params, paths)
-    return metrics, list(read_jsonl(paths.kept)), list(read_jsonl(paths.dropped))
+    return metrics, list(read_rows(paths.kept)), list(read_rows(paths.dropped))
 
 
 def test_lexicon_score_is_deterministic_with_a_readable_reason():

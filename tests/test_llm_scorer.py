@@ -359,7 +359,8 @@ def test_other_scorers_score_batches_row_by_row():
 
 def test_the_filter_stage_scores_with_the_llm_and_reruns_send_nothing(tmp_path, server, environ, monkeypatch):
     from mna_tune.data.filter import FilterPaths, run_filter
-    from mna_tune.data.io import read_jsonl, write_jsonl
+    from mna_tune.data.columnar import read_rows
+    from mna_tune.data.io import write_jsonl
 
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
@@ -367,16 +368,16 @@ def test_the_filter_stage_scores_with_the_llm_and_reruns_send_nothing(tmp_path, 
                       "김치는?": '<think>\n음식 질문\n</think>\n{"score": 0, "reason": "무관"}'}
     rows = [{"question": q, "answer": a, "category": "사회", "file": "Other/Other.zip", "entry": "/OT.json",
              "record": f"[{i}]"} for i, (q, a) in enumerate(ROWS)]
-    paths = FilterPaths(rows_in=tmp_path / "extracted.jsonl", kept=tmp_path / "kept.jsonl",
-                        dropped=tmp_path / "dropped.jsonl", metrics=tmp_path / "filter.json")
+    paths = FilterPaths(rows_in=tmp_path / "extracted.jsonl", kept=tmp_path / "kept.parquet",
+                        dropped=tmp_path / "dropped.parquet", metrics=tmp_path / "filter.json")
     write_jsonl(paths.rows_in, rows)
     params = params_for(tmp_path, min_score=30, exclude_categories=[])
     metrics = run_filter(params, paths)
-    kept = list(read_jsonl(paths.kept))
+    kept = list(read_rows(paths.kept))
     assert [(r["question"], r["score"]) for r in kept] == [("합병이란?", 90), ("공개매수란?", 50)]
     assert kept[0]["score_reason"] == "M&A 핵심 개념" and metrics["dropped"]["below_min_score"] == 1
     assert len(server.requests) == 3
     run_filter(params, paths)
     assert len(server.requests) == 3  # every row came from the cache
     for path in (paths.kept, paths.dropped, paths.metrics, params.llm_cache_path):
-        assert SECRET not in path.read_text(encoding="utf-8")
+        assert SECRET.encode() not in path.read_bytes()

@@ -24,11 +24,15 @@ def parse_json(unit: Unit) -> Any:
     if data.startswith(_BOM):  # Windows editors write one; it is not part of the JSON
         data = data[len(_BOM):]
     try:
+        return orjson.loads(data)  # parses the bytes directly: no separate decode pass
+    except orjson.JSONDecodeError:
+        pass
+    try:  # say what is wrong: the encoding, or the JSON
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(unit.file, f"not UTF-8 text (invalid byte at offset {exc.start})", entry=unit.entry) from None
     try:
-        return orjson.loads(text)  # several times faster than json on large entries; same errors
+        return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise InputError(
             unit.file, f"not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})", entry=unit.entry

@@ -1,7 +1,9 @@
-"""filter stage: score every AI Hub row, then drop by category, echo, length and score.
+"""filter stage: drop AI Hub rows by category, echo and length, score the rest, then drop
+by score.
 
 Each dropped row is written with its reason (first matching reason wins, in the order
-below) and counted by reason in metrics/filter.json.
+below) and counted by reason in metrics/filter.json. Rows dropped before scoring carry
+score null: they are never sent to a scorer (an `llm` scorer would pay for them).
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
 from tqdm import tqdm
 
 from ..params import FilterParams
-from .io import atomic_open, dumps_line, write_json
+from .columnar import DROPPED, SCORED, ParquetOut, read_batches, table
+from .io import write_json
 from .parallel import default_processes, ordered_map
 from .scoring import make_scorer
-from .text import is_echo, match_key
+from .text import match_key
 
 DROP_REASONS = (
     "excluded_category",
@@ -37,9 +41,9 @@ SCORE_CHUNK_ROWS = 2048  # rows per worker task (and per llm batch)
 
 @dataclass(frozen=True)
 class FilterPaths:
-    rows_in: Path = Path("data/interim/extracted.jsonl")
-    kept: Path = Path("data/interim/filtered.jsonl")
-    dropped: Path = Path("data/interim/filter_dropped.jsonl")
+    rows_in: Path = Path("data/interim/extracted.parquet")  # .jsonl is read too
+    kept: Path = Path("data/interim/filtered.parquet")
+    dropped: Path = Path("data/interim/filter_dropped.parquet")
     metrics: Path = Path("metrics/filter.json")
 
 
@@ -47,23 +51,32 @@ class EmptyFilterResult(ValueError):
     """Every row was dropped; the message says how many each step removed."""
 
 
-def drop_reason(row: dict, params: FilterParams, excluded: set[str]) -> str | None:
+def pre_score_drop_reason(row: dict, params: FilterParams, excluded: set[str]) -> str | None:
     if unicodedata.normalize("NFC", row["category"]) in excluded:
         return "excluded_category"
-    if is_echo(row["question"], row["answer"]):
+    question, answer = match_key(row["question"]), match_key(row["answer"])  # once per row: the costly part
+    if question == answer:
         return "echo"
-    for field, low, high in (("question", params.min_question_chars, params.max_question_chars),
-                             ("answer", params.min_answer_chars, params.max_answer_chars)):
-        length = len(match_key(row[field]))
-        if length < low:
+    for field, text, low, high in (("question", question, params.min_question_chars, params.max_question_chars),
+                                   ("answer", answer, params.min_answer_chars, params.max_answer_chars)):
+        if len(text) < low:
             return f"{field}_too_short"
-        if length > high:
+        if len(text) > high:
             return f"{field}_too_long"
+    return None
+
+
+def score_drop_reason(row: dict, params: FilterParams) -> str | None:
     if row["score"] is None:
         return "unscored"
     if row["score"] < params.min_score:
         return "below_min_score"
     return None
+
+
+def drop_reason(row: dict, params: FilterParams, excluded: set[str]) -> str | None:
+    """The first reason to drop a scored row (the stage itself scores only survivors)."""
+    return pre_score_drop_reason(row, params, excluded) or score_drop_reason(row, params)
 
 
 _WORKER: dict = {}  # scorer, params and excluded categories of this process (set once per worker)
@@ -73,30 +86,46 @@ def _init_worker(scorer, params: FilterParams, excluded: set[str], source: str) 
     _WORKER.update(scorer=scorer, params=params, excluded=excluded, source=source)
 
 
-def filter_chunk(chunk: tuple[int, list[str]]) -> dict:
-    """Score and judge one chunk of extracted JSON lines; returns the output lines and
-    counts. Runs in a worker: only text crosses process boundaries."""
+def _rows_of(chunk) -> list[dict]:
+    if isinstance(chunk, pa.RecordBatch):
+        return chunk.to_pylist()
     first_line, lines = chunk
-    scorer, params, excluded = _WORKER["scorer"], _WORKER["params"], _WORKER["excluded"]
     rows = []
     for number, line in enumerate(lines, start=first_line):
         try:
             rows.append(orjson.loads(line))
         except orjson.JSONDecodeError as exc:
             raise ValueError(f"{_WORKER['source']}:{number}: not a JSON line: {exc}") from None
-    wheres = [f"{row.get('file')} :: {row.get('entry')} :: {row.get('record')}" for row in rows]
-    scores = scorer.score_batch([(row["question"], row["answer"]) for row in rows], wheres)
+    return rows
+
+
+def filter_chunk(chunk) -> dict:
+    """Judge and score one chunk of extracted rows (an Arrow batch, or numbered JSON
+    lines); returns Arrow tables of kept and dropped rows and the counts. Runs in a worker."""
+    scorer, params, excluded = _WORKER["scorer"], _WORKER["params"], _WORKER["excluded"]
+    rows = _rows_of(chunk)
     out: dict = {"kept": [], "dropped": [], "dropped_counts": Counter(), "kept_by_category": Counter()}
-    for row, scored in zip(rows, scores):
-        row["score"], row["score_reason"] = scored if scored is not None else (None, "no label in scores CSV")
-        reason = drop_reason(row, params, excluded)
+    reasons = [pre_score_drop_reason(row, params, excluded) for row in rows]
+    survivors = [row for row, reason in zip(rows, reasons) if reason is None]
+    wheres = [f"{row.get('file')} :: {row.get('entry')} :: {row.get('record')}" for row in survivors]
+    scores = iter(scorer.score_batch([(row["question"], row["answer"]) for row in survivors], wheres))
+    for row, reason in zip(rows, reasons):  # input order, so outputs do not depend on chunking
+        if reason is None:
+            scored = next(scores)
+            row["score"], row["score_reason"] = scored if scored is not None else (None, "no label in scores CSV")
+            reason = score_drop_reason(row, params)
+        else:
+            row["score"], row["score_reason"] = None, None
         if reason is not None:
             out["dropped_counts"][reason] += 1
-            out["dropped"].append(dumps_line({**row, "drop_reason": reason}))
+            row["drop_reason"] = reason
+            out["dropped"].append(row)
         else:
             out["kept_by_category"][row["category"]] += 1
-            out["kept"].append(dumps_line(row))
-    return out
+            out["kept"].append(row)
+    counts = {"kept_rows": len(out["kept"]), "dropped_rows": len(out["dropped"])}
+    # one Arrow table per output crosses back to the main process, not thousands of dicts
+    return {**out, **counts, "kept": table(out["kept"], SCORED), "dropped": table(out["dropped"], DROPPED)}
 
 
 def _line_chunks(path: Path, size: int):
@@ -124,18 +153,22 @@ def run_filter(params: FilterParams, paths: FilterPaths = FilterPaths(), process
     dropped: Counter = Counter()
     kept_by_category: Counter = Counter()
     rows_in = kept = 0
-    with atomic_open(paths.kept) as kept_out, atomic_open(paths.dropped) as dropped_out:
+    with ParquetOut(paths.kept, SCORED) as kept_out, ParquetOut(paths.dropped, DROPPED) as dropped_out:
         progress = tqdm(desc="filter", unit=" rows")
-        chunks = _line_chunks(Path(paths.rows_in), SCORE_CHUNK_ROWS)
+        source = Path(paths.rows_in)
+        if source.suffix == ".parquet":
+            chunks = read_batches(source, SCORE_CHUNK_ROWS)
+        else:
+            chunks = _line_chunks(source, SCORE_CHUNK_ROWS)
         for result in ordered_map(filter_chunk, chunks, processes, initializer=_init_worker,
                                   initargs=(scorer, params, excluded, str(paths.rows_in))):
-            kept_out.writelines(result["kept"])
-            dropped_out.writelines(result["dropped"])
+            kept_out.write(result["kept"])
+            dropped_out.write(result["dropped"])
             dropped.update(result["dropped_counts"])
             kept_by_category.update(result["kept_by_category"])
-            kept += len(result["kept"])
-            rows_in += len(result["kept"]) + len(result["dropped"])
-            progress.update(len(result["kept"]) + len(result["dropped"]))
+            kept += result["kept_rows"]
+            rows_in += result["kept_rows"] + result["dropped_rows"]
+            progress.update(result["kept_rows"] + result["dropped_rows"])
         progress.close()
         if kept == 0:
             steps = ", ".join(f"{reason} {dropped[reason]}" for reason in DROP_REASONS if dropped[reason])

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ..chat import build_messages, question_of
 from ..params import MergeParams
-from .io import atomic_open, dumps_line, read_jsonl, write_json, write_jsonl
+from .columnar import read_rows
+from .io import atomic_open, dumps_line, write_json, write_jsonl
 from .mna import read_mna
 from .similarity import similar_pairs
 from .text import clean_text, content_id
@@ -25,7 +26,7 @@ MNA_CATEGORY = "M&A"
 
 @dataclass(frozen=True)
 class MergePaths:
-    aihub_rows: Path = Path("data/interim/filtered.jsonl")
+    aihub_rows: Path = Path("data/interim/filtered.parquet")  # .jsonl is read too
     merged: Path = Path("data/interim/merged.jsonl")
     duplicates: Path = Path("data/interim/merge_duplicates.jsonl")
     near_duplicates: Path = Path("data/interim/merge_near_duplicates.jsonl")
@@ -36,7 +37,7 @@ def _candidates(mna_path: Path, aihub_rows: Path):
     for row in read_mna(mna_path):
         origin = {"file": str(mna_path), "record": row["record"]}
         yield "mna", MNA_CATEGORY, row["question"], row["answer"], origin
-    for row in read_jsonl(aihub_rows):
+    for row in read_rows(aihub_rows):
         origin = {key: row[key] for key in ("file", "entry", "record", "subset", "kind")}
         origin["score"] = row.get("score")
         yield "aihub", row["category"], clean_text(row["question"]), clean_text(row["answer"]), origin

@@ -8,7 +8,6 @@ import unicodedata
 
 _HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
-_ANY_SPACE = re.compile(r"\s+")
 
 
 def clean_text(text: str) -> str:
@@ -22,7 +21,8 @@ def clean_text(text: str) -> str:
 def match_key(text: str) -> str:
     """Comparison key: NFC with every whitespace run (line breaks too) made one space.
     Two texts that differ only by whitespace share a key."""
-    return _ANY_SPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
+    # str.split() splits on exactly the characters regex \s matches (str.isspace), ~5x faster
+    return " ".join(unicodedata.normalize("NFC", text).split())
 
 
 def is_echo(question: str, answer: str) -> bool:
