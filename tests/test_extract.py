@@ -232,3 +232,25 @@ def test_cp949_entry_names_from_windows_zip_tools_are_decoded(tmp_path):
     archive.write_bytes(archive.read_bytes().replace(b"/XXXX.json", "/기타.json".encode("cp949")))
     _, rows, _, _ = extract(tmp_path, root)
     assert any(row["entry"] == "/기타.json" for row in rows)
+
+
+def test_the_columnar_fast_path_gives_exactly_the_rows_of_the_checked_path():
+    from pathlib import PurePosixPath
+
+    from aihub_factory import other_doc
+    from mna_tune.data.aihub_layout import Unit
+    from mna_tune.data.aihub_records import other_columns, other_rows
+    from mna_tune.data.columnar import EXTRACTED
+
+    unit = Unit("Other/Other.zip", "/OT-1.json", PurePosixPath("Other/Other/OT-1.json"), "other", "Other", "unused")
+    docs = [other_doc("사회", [("합병이란?", "합치는 것"), ("분할이란?", "나누는 것")], [("실사란?", "조사")]),
+            {**other_doc("인문", [("질문", "답")]), "data_id": "doc-7"}]
+    docs[0]["contents"].append({"text": "QA 없는 본문"})
+    fast_stats, slow_stats = {}, {}
+    columns = other_columns(unit, docs, fast_stats)
+    rows = list(other_rows(unit, docs, slow_stats))
+    assert columns == {name: [row[name] for row in rows] for name in EXTRACTED.names}
+    assert fast_stats == slow_stats == {"contents_items_without_qa": 1}
+    for broken in ({"contents": []}, [{"data_category": {"middle": 3}, "contents": []}],
+                   [other_doc("사회", [("질문", None)])], [{**other_doc("사회"), "contents": {"QA": []}}]):
+        assert other_columns(unit, broken if isinstance(broken, list) else broken, {}) is None

@@ -13,10 +13,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 from tqdm import tqdm
 
 from .aihub_layout import Unit, iter_units
-from .aihub_records import label_rows, other_rows, parse_json, sniff_label_kind
+from .aihub_records import label_rows, other_columns, other_rows, parse_json, sniff_label_kind
 from .columnar import EXTRACTED, ParquetOut, table
 from .errors import InputError
 from .io import atomic_open, dumps_line, write_json
@@ -50,6 +51,12 @@ def read_unit(unit: Unit) -> dict:
     if kind is None:
         return {"unit": unit, "kind": None, "rows": [], "rejects": [], "stats": {}, "unrecognised": True}
     stats: dict = {}
+    columns = other_columns(unit, parsed, stats) if kind == "other" else None
+    if columns is not None:  # the usual case for the bulk of the download
+        return {"unit": unit, "kind": kind, "table": pa.Table.from_pydict(columns, schema=EXTRACTED),
+                "count": len(columns["question"]), "by_category": Counter(columns["category"]), "rejects": [],
+                "stats": stats}
+    stats = {}
     items = other_rows(unit, parsed, stats) if kind == "other" else label_rows(unit, parsed, kind)
     rows, rejects = [], []
     for item in items:
