@@ -54,9 +54,14 @@ def write_random_model(shape: str, folder: Path) -> None:
     config = Qwen3Config(vocab_size=QWEN3_VOCAB_SIZE, max_position_embeddings=40960, tie_word_embeddings=False,
                          bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, **SHAPES[shape])
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
-        torch.manual_seed(0)
-        model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # initialise in bf16: an fp32 8B model would need 32 GB first
+    try:
+        with torch.device(device):
+            torch.manual_seed(0)
+            model = Qwen3ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
     model.save_pretrained(str(folder))
     build_qwen3_tokenizer().save_pretrained(str(folder))
     del model
