@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from ..workspace import project_root
 from .errors import InputError
 from .text import match_key
 
@@ -144,7 +145,9 @@ class LlmScorer:
             base_url=base_url,
             model=model,
             template=load_template(params.llm_prompt_path),
-            cache_path=Path(params.llm_cache_path),
+            # under the repository root, so `dvc exp run --temp/--queue` copies share one cache
+            cache_path=Path(params.llm_cache_path) if Path(params.llm_cache_path).is_absolute()
+            else project_root() / params.llm_cache_path,
             concurrency=params.llm_concurrency,
             timeout_s=params.llm_timeout_s,
             api_key=environ.get(ENV_API_KEY, "").strip() or None,
