@@ -159,7 +159,8 @@ def main() -> None:
         rows = r.get("kept", r.get("rows", ""))
         rows = f"{rows:,}" if isinstance(rows, int) else ""
         output = f"{r['output_mib']:.0f}" if "output_mib" in r else ""
-        print(f"| {step} | {rows} | {r['seconds']:.1f} | {r['rss_mib']:.0f} | {output} | {base / r['seconds']:.2f}x faster | "
+        print(f"| {step} | {rows} | {r['seconds']:.1f} | {r['rss_mib']:.0f} | {output} | "
+              f"{base / r['seconds']:.2f}x faster | "
               f"{r['seconds'] / fl:.2f}x the floor |")
 
 

@@ -82,9 +82,10 @@ def label_files(maker: TextMaker, rows: int, prefix: str) -> dict[str, dict]:
             sft.append({**header, "answer": {"contents": answer, "answer_count": len(answer)}})
             continue
         ranks = maker.rng.sample(range(1, 6), 5)
-        rm.append({**header, **{f"answer{n:02d}": {"answer_count": len(answer), "ranking": rank,
-                                                   "contents": answer if rank == 1 else maker.sentence(30, 200, False, ".")}
-                                for n, rank in enumerate(ranks, start=1)}})
+        answers = {f"answer{n:02d}": {"answer_count": len(answer), "ranking": rank,
+                                      "contents": answer if rank == 1 else maker.sentence(30, 200, False, ".")}
+                   for n, rank in enumerate(ranks, start=1)}
+        rm.append({**header, **answers})
     return {"/SFTlabel.json": {"data_info": sft}, "/RMlabel.json": {"data_info": rm}}
 
 

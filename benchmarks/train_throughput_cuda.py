@@ -162,7 +162,8 @@ def run_one(args: argparse.Namespace) -> None:
     dense, lora = flops_per_token(model.config, seen1["tokens"] / max(seen1["rows"], 1))
     peak, peak_note = peak_flops(args.peak_tflops)
     args.out.write_text(json.dumps({
-        "steps": step1 - step0, "seconds": seconds, "tokens_per_s": tokens / seconds, "samples_per_s": samples / seconds,
+        "steps": step1 - step0, "seconds": seconds, "tokens_per_s": tokens / seconds,
+        "samples_per_s": samples / seconds,
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         "mfu_6n": tokens / seconds * dense / peak, "mfu_lora": tokens / seconds * lora / peak, "peak": peak_note,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

@@ -60,7 +60,8 @@ def collapse_near_duplicates(rows: list[dict], threshold: float) -> tuple[list[d
         kept_flags[j] = False
         keeper = rows[-minus_i]
         collapsed.append({"kept_id": keeper["id"], "kept_source": keeper["source"],
-                          "kept_question": questions[-minus_i], "removed_id": rows[j]["id"], "removed_source": rows[j]["source"],
+                          "kept_question": questions[-minus_i], "removed_id": rows[j]["id"],
+                          "removed_source": rows[j]["source"],
                           "removed_question": questions[j], "similarity": similarity, "origin": rows[j].get("origin")})
     return [row for row, keep in zip(rows, kept_flags) if keep], collapsed
 
