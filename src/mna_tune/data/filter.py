@@ -74,11 +74,6 @@ def score_drop_reason(row: dict, params: FilterParams) -> str | None:
     return None
 
 
-def drop_reason(row: dict, params: FilterParams, excluded: set[str]) -> str | None:
-    """The first reason to drop a scored row (the stage itself scores only survivors)."""
-    return pre_score_drop_reason(row, params, excluded) or score_drop_reason(row, params)
-
-
 _WORKER: dict = {}  # scorer, params and excluded categories of this process (set once per worker)
 
 
