@@ -23,5 +23,7 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# Removes what the pipeline generated and git ignores (interim data, splits, the adapter, the
+# prediction and leakage reports, caches); tracked files (metrics, plots, eval.md) stay.
 clean-outputs:
-	rm -rf data/interim data/processed models reports metrics plots .cache
+	git clean -fdX -- data/interim data/processed models reports .cache

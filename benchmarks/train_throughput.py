@@ -6,7 +6,7 @@ on the same rows in the same run. Prints a Markdown table.
 
 Each configuration runs in its own process (so peak memory is its own) for the same
 number of optimizer steps over the same M&A sample rows, through the train stage's own
-trainer (mna_tune.train.build_trainer):
+trainer (mna_tune.training.trainer.build_trainer):
 - notebook: batch 1 x 8 accumulation, every row padded to 384 tokens, no packing;
 - pipeline: batch 4 x 2 accumulation, dynamic padding (the train stage's defaults);
 - pipeline + packing: 1 x 8 packed sequences of up to 384 tokens (train.packing: true).
@@ -42,9 +42,10 @@ def run_one(name: str, rows: int, steps: int, out: Path) -> None:
     import tempfile
 
     from mna_tune.chat import build_messages, training_pair
-    from mna_tune.modeling import build_qwen3_tokenizer, load_base_model
+    from mna_tune.modeling import load_base_model
     from mna_tune.params import load_params
-    from mna_tune.train import build_trainer
+    from mna_tune.qwen_tokenizer import build_qwen3_tokenizer
+    from mna_tune.training.trainer import build_trainer
 
     records = json.loads((REPO / "data/sample/mna_qa.json").read_text(encoding="utf-8"))[:rows]
     pairs = [training_pair(build_messages(r["question"], r["answer"])) for r in records]
@@ -55,7 +56,7 @@ def run_one(name: str, rows: int, steps: int, out: Path) -> None:
         "packing": config.pop("packing", False)})})
     seen = {"rows": 0, "tokens": 0, "padded": 0}
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = build_trainer(params, load_base_model("tiny-qwen3"), build_qwen3_tokenizer(), pairs, [],
+        trainer = build_trainer(params, load_base_model(params.model), build_qwen3_tokenizer(), pairs, [],
                                 Path(scratch), 384, save_strategy="no", disable_tqdm=True, **config)
         collate = trainer.data_collator
 

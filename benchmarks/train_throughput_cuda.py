@@ -7,7 +7,7 @@ random weights (no hub access on the GPU box either). Prints a Markdown table.
 Configurations (each in its own process, so peak memory is its own):
 - bf16-lora:  bf16 weights, LoRA r=8 on every projection;
 - qlora-4bit: the same model loaded through model.quantization: 4bit (nf4, double quant, bf16 compute).
-Both use the pipeline's training path (mna_tune.train.build_trainer) with packing, over the
+Both use the pipeline's training path (mna_tune.training.trainer.build_trainer) with packing, over the
 M&A sample rows repeated. The random model is written once to --workdir and loaded by
 mna_tune.modeling.load_base_model, exactly as a local model folder would be.
 
@@ -47,7 +47,7 @@ def write_random_model(shape: str, folder: Path) -> None:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from mna_tune.modeling import QWEN3_VOCAB_SIZE, build_qwen3_tokenizer
+    from mna_tune.qwen_tokenizer import QWEN3_VOCAB_SIZE, build_qwen3_tokenizer
 
     if (folder / "config.json").is_file():
         return
@@ -100,7 +100,7 @@ def run_one(args: argparse.Namespace) -> None:
     from mna_tune.modeling import load_base_model, load_tokenizer
     from mna_tune.params import load_params
     from mna_tune.runtime import keep_freed_memory
-    from mna_tune.train import build_trainer
+    from mna_tune.training.trainer import build_trainer
 
     keep_freed_memory()
     started = time.perf_counter()
@@ -117,8 +117,7 @@ def run_one(args: argparse.Namespace) -> None:
     rows = json.loads((REPO / "data/sample/mna_qa.json").read_text(encoding="utf-8"))
     records = [training_pair(build_messages(r["question"], r["answer"])) for r in rows] * 20  # the trainer cycles them
     tokenizer = load_tokenizer(params.model.base)
-    model = load_base_model(params.model.base, dtype=params.model.dtype, quantization=params.model.quantization,
-                            for_training=True)
+    model = load_base_model(params.model, for_training=True)
     seen = {"rows": 0, "tokens": 0}
 
     class Meter(TrainerCallback):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))  # aihub_factory
+sys.path.insert(0, str(Path(__file__).parent))  # helpers, aihub_factory
 
 # Nothing in the tests may reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,7 +14,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 @pytest.fixture(scope="session")
 def qwen3_tokenizer():
-    from mna_tune.modeling import build_qwen3_tokenizer
+    from mna_tune.qwen_tokenizer import build_qwen3_tokenizer
 
     return build_qwen3_tokenizer()
 
@@ -29,7 +29,7 @@ def in_tmp(tmp_path, monkeypatch):
 @pytest.fixture
 def workspace(in_tmp, monkeypatch):
     """An empty repository-like folder with tiny splits; its MLflow store lands inside."""
-    from pipeline_helpers import write_splits
+    from helpers import write_splits
 
     monkeypatch.setenv("DVC_ROOT", str(in_tmp))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

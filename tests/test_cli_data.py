@@ -6,7 +6,7 @@ import yaml
 
 from aihub_factory import standard_tree, zip_every_archive
 from mna_tune.cli import main
-from mna_tune.data.io import read_jsonl
+from mna_tune.workspace import read_jsonl
 
 from conftest import REPO
 

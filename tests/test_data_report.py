@@ -5,10 +5,11 @@ import csv
 import json
 
 from mna_tune.chat import training_pair
-from mna_tune.data.io import write_jsonl
-from mna_tune.data_report import ReportPaths, length_stats, write_data_report
+from mna_tune.workspace import write_jsonl
+from mna_tune.data.report import length_stats, write_data_report
+from mna_tune.params import ExtractPaths, FilterPaths, MergePaths, SplitPaths
 
-from pipeline_helpers import QA, chat_rows
+from helpers import QA, chat_rows, repo_params
 
 
 def test_length_stats_against_hand_computed_values():
@@ -18,20 +19,28 @@ def test_length_stats_against_hand_computed_values():
 
 
 def test_report_counts_real_qwen3_tokens_and_rows_per_stage(tmp_path, qwen3_tokenizer):
-    paths = ReportPaths(extract_metrics=tmp_path / "extract.json", filter_metrics=tmp_path / "filter.json",
-                        merged=tmp_path / "merged.jsonl", processed=tmp_path / "processed",
-                        metrics=tmp_path / "report.json", rows_plot=tmp_path / "rows.csv",
-                        lengths_plot=tmp_path / "lengths.csv")
+    out = tmp_path / "processed"
+    paths = SplitPaths(train=out / "train.jsonl", val=out / "val.jsonl", test=out / "test.jsonl",
+                       leakage=tmp_path / "leakage.jsonl", metrics=tmp_path / "split.json",
+                       data_report=tmp_path / "report.json", rows_plot=tmp_path / "rows.csv",
+                       lengths_plot=tmp_path / "lengths.csv")
+    params = repo_params(train={"max_length": 150})
+    params = params.model_copy(update={"paths": params.paths.model_copy(update={
+        "split": paths, "extract": ExtractPaths(rows=tmp_path / "x", rejects=tmp_path / "x", report=tmp_path / "x",
+                                                metrics=tmp_path / "extract.json"),
+        "filter": FilterPaths(kept=tmp_path / "x", dropped=tmp_path / "x", metrics=tmp_path / "filter.json"),
+        "merge": MergePaths(rows=tmp_path / "merged.jsonl", duplicates=tmp_path / "x", near_duplicates=tmp_path / "x",
+                            metrics=tmp_path / "x")})})
     (tmp_path / "extract.json").write_text(json.dumps({"rows_by_category": {"사회": 7, "종교": 2}}))
     (tmp_path / "filter.json").write_text(json.dumps({"kept_by_category": {"사회": 3}}))
     long_answer = "합병 " * 400  # far beyond 150 tokens
     train = chat_rows(QA[:3] + [("긴 답의 질문?", long_answer)])
     write_jsonl(tmp_path / "merged.jsonl", train + chat_rows(QA[3:]))
-    write_jsonl(paths.processed / "train.jsonl", train)
-    write_jsonl(paths.processed / "val.jsonl", [])
-    write_jsonl(paths.processed / "test.jsonl", chat_rows(QA[3:]))
+    write_jsonl(paths.train, train)
+    write_jsonl(paths.val, [])
+    write_jsonl(paths.test, chat_rows(QA[3:]))
 
-    report = write_data_report(150, paths, qwen3_tokenizer)
+    report = write_data_report(params, qwen3_tokenizer)
     expected = sorted(len(qwen3_tokenizer(p["prompt"] + p["completion"], add_special_tokens=False).input_ids)
                       for p in (training_pair(row["messages"]) for row in train))
     assert report["token_lengths"]["train"]["max"] == expected[-1] > 400
@@ -39,7 +48,7 @@ def test_report_counts_real_qwen3_tokens_and_rows_per_stage(tmp_path, qwen3_toke
     assert report["token_lengths"]["val"]["rows"] == 0
     assert report["rows_by_stage"] == {"extract": 9, "filter": 3, "merge": 5, "split_train": 4, "split_val": 0,
                                        "split_test": 1}
-    assert json.loads(paths.metrics.read_text()) == report
+    assert json.loads(paths.data_report.read_text()) == report
 
     rows = list(csv.DictReader(paths.rows_plot.open(encoding="utf-8")))
     assert {"stage_source_category": "extract aihub/종교", "rows": "2"} in rows

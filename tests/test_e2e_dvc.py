@@ -1,69 +1,41 @@
-"""End to end: the real `dvc repro`, `dvc exp run` and `dvc exp run --temp` in a temporary
-git clone of this repository, on the embedded default (sample data + tiny-qwen3)."""
+"""End to end: the real `dvc repro`, `dvc exp run` and `dvc exp run --temp` in temporary
+git clones of this repository, on the embedded default (sample data + tiny-qwen3).
+
+`base` is one clone after a full `dvc repro`; tests only read it (or restore what they
+touch). A test that changes params, data or git gets its own copy of that state from
+`derive` (a clone sharing base's DVC cache: nothing is recomputed), so no test depends on
+another having run before it.
+"""
 
 import json
-import os
 import re
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from mna_tune.data.io import file_md5
+from mna_tune.cli import STAGES as CLI_STAGES
+from mna_tune.workspace import file_md5
 
-from conftest import REPO
+from helpers import REPO, cli_env, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 STAGES = ["extract", "filter", "merge", "split", "train", "evaluate"]
 MODEL = "mna-tune-qwen3-adapter"
-QUICK_STEPS = 4
-
-
-@pytest.fixture(scope="module")
-def clone(tmp_path_factory):
-    if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
-        pytest.skip("the repository has no commit to clone")
-    path = tmp_path_factory.mktemp("e2e") / "repo"
-    subprocess.run(["git", "clone", "--quiet", str(REPO), str(path)], check=True)
-    return path
+QUICK = ["-S", "train.max_steps=4"]  # runs after the first test lineage and DVC, not training (CI time)
+TRACER = Path(__file__).parent / "import_trace"
 
 
 def sh_env(clone, extra_env=None) -> dict:
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "PYTHONPATH": str(clone / "src"),
-           "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@test",
-           "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@test"}
-    for key in ("DVC_ROOT", "DVC_EXP_NAME", "MLFLOW_TRACKING_URI"):
-        env.pop(key, None)
+    env = cli_env(clone, PYTHONPATH=str(clone / "src"), GIT_AUTHOR_NAME="e2e", GIT_AUTHOR_EMAIL="e2e@test",
+                  GIT_COMMITTER_NAME="e2e", GIT_COMMITTER_EMAIL="e2e@test")
+    env.pop("DVC_ROOT")  # DVC sets it for the stages it runs
     env.update(extra_env or {})
     return {"cwd": clone, "env": env}
-
-
-def stop_queue_workers(clone) -> None:
-    """Ask DVC's queue workers to stop, then end any that linger: an orphaned worker would
-    keep this test's (and CI's) output pipes open."""
-    import time
-
-    import psutil
-
-    subprocess.run(["dvc", "queue", "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=120, **sh_env(clone))
-
-    def workers():
-        found = []
-        for proc in psutil.process_iter(["cmdline", "cwd"]):
-            cmdline, cwd = proc.info["cmdline"] or [], proc.info["cwd"] or ""
-            if "queue-worker" in cmdline and cwd.startswith(str(clone)):
-                found.append(proc)
-        return found
-
-    deadline = time.monotonic() + 30
-    while workers() and time.monotonic() < deadline:
-        time.sleep(1)
-    for proc in workers():
-        proc.kill()
 
 
 def sh(clone, *args, check=True, extra_env=None):
@@ -73,6 +45,46 @@ def sh(clone, *args, check=True, extra_env=None):
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
                              f"{result.stderr[-4000:]}")
     return result
+
+
+@dataclass
+class Reproduced:
+    path: Path
+    repro: subprocess.CompletedProcess
+    head: str
+    imports: dict[str, set[str]]  # stage -> files of the mna_tune modules it loaded, relative to the clone
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Reproduced:
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("the repository has no commit to clone")
+    root = tmp_path_factory.mktemp("e2e")
+    path, traces = root / "repo", root / "traces"
+    traces.mkdir()
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(path)], check=True)
+    result = sh(path, "dvc", "repro", extra_env={
+        "PYTHONPATH": f"{TRACER}:{path / 'src'}", "MNA_TUNE_IMPORT_TRACE": str(traces)})
+    imports: dict[str, set[str]] = {}
+    for trace in traces.glob("*.json"):
+        data = json.loads(trace.read_text(encoding="utf-8"))
+        stage = next((arg for arg in data["argv"][1:] if arg in CLI_STAGES), None)
+        if stage and Path(data["argv"][0]).name == "mna-tune":
+            imports[stage] = {str(Path(f).resolve().relative_to(path.resolve())) for f in data["files"]}
+    return Reproduced(path, result, sh(path, "git", "rev-parse", "HEAD").stdout.strip(), imports)
+
+
+def derive(base: Reproduced, dest: Path) -> Path:
+    """A clone in exactly base's state: its uncommitted lock and metrics, its outputs
+    (checked out from base's DVC cache) and its cached base-model outputs."""
+    subprocess.run(["git", "clone", "--quiet", str(base.path), str(dest)], check=True)
+    changed = sh(base.path, "git", "status", "--porcelain", "--untracked-files=no").stdout.splitlines()
+    for line in changed:
+        shutil.copy2(base.path / line[3:], dest / line[3:])
+    sh(dest, "dvc", "cache", "dir", "--local", str(base.path / ".dvc/cache"))
+    sh(dest, "dvc", "checkout")
+    shutil.copytree(base.path / ".cache/base_eval", dest / ".cache/base_eval")
+    return dest
 
 
 def ran(result):
@@ -106,9 +118,34 @@ def md5_in_lock(clone, stage, path):
     return next(item["md5"] for item in entry.get("deps", []) + entry.get("outs", []) if item["path"] == path)
 
 
-def test_full_repro_produces_every_output(clone):
-    result = sh(clone, "dvc", "repro")
-    assert ran(result) == STAGES
+def stop_queue_workers(clone) -> None:
+    """Ask DVC's queue workers to stop, then end any that linger: an orphaned worker would
+    keep this test's (and CI's) output pipes open. Only workers of this clone are touched."""
+    import time
+
+    import psutil
+
+    subprocess.run(["dvc", "queue", "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=120, **sh_env(clone))
+
+    def workers():
+        found = []
+        for proc in psutil.process_iter(["cmdline", "cwd"]):
+            cmdline, cwd = proc.info["cmdline"] or [], proc.info["cwd"] or ""
+            if "queue-worker" in cmdline and cwd.startswith(str(clone)):
+                found.append(proc)
+        return found
+
+    deadline = time.monotonic() + 30
+    while workers() and time.monotonic() < deadline:
+        time.sleep(1)
+    for proc in workers():
+        proc.kill()
+
+
+def test_full_repro_produces_every_output(base):
+    clone = base.path
+    assert ran(base.repro) == STAGES
     for name in ("train", "val", "test"):
         rows = [json.loads(line) for line in (clone / f"data/processed/{name}.jsonl").read_text().splitlines()]
         assert rows and all([m["role"] for m in row["messages"]] == ["system", "user", "assistant"] for row in rows)
@@ -128,11 +165,35 @@ def test_full_repro_produces_every_output(clone):
     assert "rougeL_f1" in shown and "eval_loss" in shown
 
 
-def test_registered_version_names_the_exact_data_and_code(clone):
-    version = versions(clone)[-1]
+def test_each_stage_imported_only_code_its_dvc_deps_cover(base):
+    """The trace of the real run: every mna_tune file a stage loaded is one of its deps in
+    dvc.lock or lies in one (tests/test_stage_deps.py checks the same statically)."""
+    assert set(base.imports) == set(STAGES)
+    for stage, files in base.imports.items():
+        deps = [item["path"] for item in lock(base.path)[stage]["deps"]]
+        missing = [f for f in files if not any(f == dep or f.startswith(dep + "/") for dep in deps)]
+        assert missing == [], f"{stage} imported {missing}, not covered by its deps"
+    assert "src/mna_tune/training/trainer.py" in base.imports["train"]
+
+
+def test_editing_a_module_makes_dvc_status_show_the_stages_that_use_it(base):
+    clone = base.path
+    lexicon = clone / "src/mna_tune/lexicon.py"
+    original = lexicon.read_bytes()
+    try:
+        lexicon.write_bytes(original + b"\n# an edit\n")
+        changed = json.loads(sh(clone, "dvc", "status", "--json").stdout)
+        assert set(changed) == {"filter", "evaluate"}  # the two stages that import it
+    finally:
+        lexicon.write_bytes(original)
+    assert json.loads(sh(clone, "dvc", "status", "--json").stdout) == {}
+
+
+def test_registered_version_names_the_exact_data_and_code(base):
+    clone = base.path
+    version = versions(clone)[0]
     tags = version.tags
-    head = sh(clone, "git", "rev-parse", "HEAD").stdout.strip()
-    assert tags["git_commit"] == head
+    assert tags["git_commit"] == base.head
     assert tags["lineage.extract.data/sample/aihub"] == md5_in_lock(clone, "extract", "data/sample/aihub")
     assert tags["lineage.extract.data/sample/aihub"].endswith(".dir")
     assert tags["lineage.merge.data/sample/mna_qa.json"] == md5_in_lock(clone, "merge", "data/sample/mna_qa.json")
@@ -149,8 +210,9 @@ LINEAGE_PATHS = {"extract": "data/sample/aihub", "filter": "data/lexicon/domain_
                  "merge": "data/sample/mna_qa.json", "split": "data/processed/train.jsonl"}
 
 
-def test_run_logs_its_datasets_with_dvc_digests(clone):
-    version = versions(clone)[-1]
+def test_run_logs_its_datasets_with_dvc_digests(base):
+    clone = base.path
+    version = versions(clone)[0]
     inputs = {item.dataset.name: item for item in client(clone).get_run(version.run_id).inputs.dataset_inputs}
     train = inputs["train.jsonl"]
     assert train.dataset.digest == md5_in_lock(clone, "split", "data/processed/train.jsonl")
@@ -161,7 +223,8 @@ def test_run_logs_its_datasets_with_dvc_digests(clone):
     assert {"val.jsonl", "test.jsonl", "mna_qa.json"} <= set(inputs)
 
 
-def test_audit_names_the_lock_hashes_and_flags_changed_data(clone):
+def test_audit_names_the_lock_hashes_and_flags_changed_data(base):
+    clone = base.path
     report = json.loads(sh(clone, "mna-tune", "audit", "1", "--json").stdout)
     recorded = {item["path"]: item["md5"] for item in report["data"]}
     for stage, path in LINEAGE_PATHS.items():
@@ -192,7 +255,8 @@ def test_audit_names_the_lock_hashes_and_flags_changed_data(clone):
         mna.write_bytes(original)
 
 
-def test_audit_from_a_fresh_clone_that_shares_the_store(clone, tmp_path):
+def test_audit_from_a_fresh_clone_that_shares_the_store(base, tmp_path):
+    clone = base.path
     other = tmp_path / "other"
     subprocess.run(["git", "clone", "--quiet", str(clone), str(other)], check=True)
     shared = {"MLFLOW_TRACKING_URI": f"sqlite:///{clone / 'mlflow.db'}"}
@@ -202,28 +266,36 @@ def test_audit_from_a_fresh_clone_that_shares_the_store(clone, tmp_path):
     assert state["data/processed/train.jsonl"] == (False, False)  # not reproduced in this clone yet
 
 
-def test_second_repro_reruns_nothing(clone):
+def test_second_repro_reruns_nothing(base):
+    clone = base.path
     result = sh(clone, "dvc", "repro")
     assert ran(result) == []
     assert "up to date" in sh(clone, "dvc", "status").stdout
 
 
-def test_learning_rate_change_reruns_only_train_and_evaluate(clone):
+def test_derived_clone_is_up_to_date(base, tmp_path):
+    clone = derive(base, tmp_path / "repo")
+    assert ran(sh(clone, "dvc", "repro")) == []
+
+
+def test_learning_rate_change_reruns_only_train_and_evaluate(base, tmp_path):
+    clone = derive(base, tmp_path / "repo")
     set_param(clone, "train.learning_rate", 0.001)
+    set_param(clone, "train.max_steps", 4)
     assert ran(sh(clone, "dvc", "repro")) == ["train", "evaluate"]
 
 
-def test_min_score_change_reruns_filter_onward(clone):
+def test_min_score_change_reruns_filter_onward(base, tmp_path):
+    clone = derive(base, tmp_path / "repo")
     set_param(clone, "filter.min_score", 20)
+    set_param(clone, "train.max_steps", 4)
     assert ran(sh(clone, "dvc", "repro")) == ["filter", "merge", "split", "train", "evaluate"]
-    sh(clone, "git", "add", "-A")
-    sh(clone, "git", "commit", "-qm", "e2e: lower min_score")
 
 
-def test_exp_run_and_exp_show(clone):
+def test_exp_run_and_exp_show(base, tmp_path):
+    clone = derive(base, tmp_path / "repo")
     before = len(versions(clone))
-    # Later runs cap the steps: they test lineage and DVC behaviour, not training (CI time).
-    sh(clone, "dvc", "exp", "run", "-n", "lora-r16", "-S", "lora.r=16", "-S", f"train.max_steps={QUICK_STEPS}")
+    sh(clone, "dvc", "exp", "run", "-n", "lora-r16", "-S", "lora.r=16", *QUICK)
     shown = json.loads(sh(clone, "dvc", "exp", "show", "--json").stdout)
     text = json.dumps(shown)
     assert "lora-r16" in text and "rougeL_f1" in text
@@ -239,10 +311,10 @@ def test_exp_run_and_exp_show(clone):
     assert json.loads((clone / "models/adapter/adapter_config.json").read_text())["r"] == 16
 
 
-def test_temp_experiment_logs_into_the_same_store(clone):
+def test_temp_experiment_logs_into_the_same_store(base, tmp_path):
+    clone = derive(base, tmp_path / "repo")
     before = len(versions(clone))
-    sh(clone, "dvc", "exp", "run", "--temp", "-n", "temp-lr", "-S", "train.learning_rate=0.003",
-       "-S", f"train.max_steps={QUICK_STEPS}")
+    sh(clone, "dvc", "exp", "run", "--temp", "-n", "temp-lr", "-S", "train.learning_rate=0.003", *QUICK)
     after = versions(clone)
     assert len(after) == before + 1
     run = client(clone).get_run(after[-1].run_id)
@@ -253,13 +325,13 @@ def test_temp_experiment_logs_into_the_same_store(clone):
     assert logged.artifact_location.startswith((clone / "mlartifacts").as_uri())  # not in the deleted copy
 
 
-def test_queued_experiments_run_concurrently_in_temp_copies_and_share_the_store(clone):
+def test_queued_experiments_run_concurrently_in_temp_copies_and_share_the_store(base, tmp_path):
     import time
 
+    clone = derive(base, tmp_path / "repo")
     before = len(versions(clone))
     for name, rate in (("queued-a", "0.004"), ("queued-b", "0.005")):
-        sh(clone, "dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.learning_rate={rate}",
-           "-S", f"train.max_steps={QUICK_STEPS}")
+        sh(clone, "dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.learning_rate={rate}", *QUICK)
     # The workers are daemons that inherit stdout: capturing it would wait for them to exit.
     start = dict(sh_env(clone), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     subprocess.run(["dvc", "queue", "start", "-j", "2"], check=True, **start)
@@ -292,14 +364,11 @@ def test_queued_experiments_run_concurrently_in_temp_copies_and_share_the_store(
     assert not list((clone / ".dvc/tmp/exps").rglob("mlflow.db"))
 
 
-def test_team_setup_remote_store_and_dvc_remote(clone, tmp_path):
-    import socket
-    import time
+def test_team_setup_remote_store_and_dvc_remote(base, tmp_path):
     import urllib.request
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    clone = derive(base, tmp_path / "repo")
+    port = free_port()
     server_url = f"http://127.0.0.1:{port}"
     bin_dir = Path(sys.executable).parent
     server = subprocess.Popen(
@@ -307,22 +376,16 @@ def test_team_setup_remote_store_and_dvc_remote(clone, tmp_path):
          "--artifacts-destination", str(tmp_path / "team-artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{server_url}/health", timeout=5).read()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-                time.sleep(1)
+        wait_until(lambda: urllib.request.urlopen(f"{server_url}/health", timeout=5).read(), 120,
+                   "mlflow server", alive=lambda: server.poll() is None)
         team = {"MLFLOW_TRACKING_URI": server_url}
         remote = tmp_path / "dvc-remote"
         sh(clone, "dvc", "remote", "add", "-d", "team", str(remote))
         sh(clone, "git", "add", "-A")
         sh(clone, "git", "commit", "-qm", "e2e: team remote and current results")
         # One engineer runs an experiment against the shared server and pushes the data.
-        sh(clone, "dvc", "exp", "run", "--temp", "-n", "team-run", "-S", "train.learning_rate=0.0025",
-           "-S", f"train.max_steps={QUICK_STEPS}", extra_env=team)
+        sh(clone, "dvc", "exp", "run", "--temp", "-n", "team-run", "-S", "train.learning_rate=0.0025", *QUICK,
+           extra_env=team)
         sh(clone, "dvc", "push")
         # Another engineer: fresh clone, pull, nothing to reproduce, audit against the server.
         other = tmp_path / "colleague"

@@ -2,8 +2,8 @@ import re
 
 import pytest
 
-from mna_tune.eval_scoring import ModelRun, compare, score_rows, summarise
-from mna_tune.korean_metrics import domain_term_hits, exact_match, length_ratio, think_leak
+from mna_tune.evaluation.scoring import ModelRun, compare, score_rows, summarise
+from mna_tune.evaluation.korean_metrics import domain_term_hits, exact_match, length_ratio, think_leak
 
 TERMS = re.compile("주주총회|합병|이사회")
 

@@ -5,10 +5,11 @@ import pytest
 
 from aihub_factory import (OTHER_DIR, SFT_DIR, SOURCE_DIR, other_doc, rm_record, standard_tree, write_json,
                            zip_every_archive, zip_folder)
-from mna_tune.data.errors import InputError
-from mna_tune.data.extract import ExtractPaths, run_extract
+from mna_tune.errors import InputError
+from mna_tune.data.extract import run_extract
+from mna_tune.params import ExtractPaths
 from mna_tune.data.columnar import read_rows
-from mna_tune.data.io import read_jsonl
+from mna_tune.workspace import read_jsonl
 
 from conftest import REPO
 

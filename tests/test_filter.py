@@ -1,13 +1,13 @@
 import pytest
 
-from mna_tune.data.errors import InputError
-from mna_tune.data.filter import EmptyFilterResult, FilterPaths, run_filter
+from mna_tune.errors import InputError
+from mna_tune.data.filter import EmptyFilterResult, run_filter
 from mna_tune.data.columnar import read_rows
-from mna_tune.data.io import write_jsonl
+from mna_tune.workspace import write_jsonl
 from mna_tune.data.scoring import ColumnScorer, LexiconScorer
-from mna_tune.params import FilterParams
+from mna_tune.params import FilterPaths
 
-from conftest import REPO
+from helpers import REPO, repo_params
 
 LEXICON = REPO / "data/lexicon/domain_terms.tsv"
 
@@ -27,11 +27,11 @@ ROWS = [
 
 
 def run(tmp_path, **overrides):
-    params = FilterParams(lexicon_path=LEXICON, **overrides)
-    paths = FilterPaths(rows_in=tmp_path / "in.jsonl", kept=tmp_path / "kept.parquet",
-                        dropped=tmp_path / "dropped.parquet", metrics=tmp_path / "m.json")
-    write_jsonl(paths.rows_in, ROWS)
-    metrics = run_filter(params, paths)
+    params = repo_params(filter={"min_score": 0, **overrides}).filter
+    paths = FilterPaths(kept=tmp_path / "kept.parquet", dropped=tmp_path / "dropped.parquet",
+                        metrics=tmp_path / "m.json")
+    write_jsonl(tmp_path / "in.jsonl", ROWS)
+    metrics = run_filter(params, tmp_path / "in.jsonl", paths)
     return metrics, list(read_rows(paths.kept)), list(read_rows(paths.dropped))
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from mna_tune.korean_metrics import chrf, hangul_share, is_korean_only, morphemes, rouge_l_f1
+from mna_tune.evaluation.korean_metrics import chrf, hangul_share, is_korean_only, morphemes, rouge_l_f1
 
 
 def test_morphemes_split_korean_and_drop_punctuation():

@@ -1,5 +1,5 @@
-from mna_tune.data.io import file_md5
-from mna_tune.lineage import lineage_from_lock, parse_lineage_tag, workspace_md5
+from mna_tune.workspace import file_md5
+from mna_tune.registry.lineage import lineage_from_lock, parse_lineage_tag, workspace_md5
 
 
 def test_workspace_md5_is_dvcs_hash(tmp_path):

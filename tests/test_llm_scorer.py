@@ -2,15 +2,18 @@
 chat endpoint and records every request it gets."""
 
 import json
+import os
 import re
 import socket
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from mna_tune.data.errors import InputError
 from mna_tune.data.llm_scorer import (
     ENV_API_KEY,
     ENV_BASE_URL,
@@ -22,9 +25,10 @@ from mna_tune.data.llm_scorer import (
     safe_url,
 )
 from mna_tune.data.scoring import LexiconScorer, make_scorer
-from mna_tune.params import FilterParams
+from mna_tune.errors import InputError
+from mna_tune.params import load_params
 
-from conftest import REPO
+from helpers import REPO, repo_params
 
 SECRET = "sk-test-4f9c1e2d-not-a-real-key"
 TEMPLATE = 'Q: {question}\nA: {answer}\n답: {"score": <0~100>, "reason": "<한 줄>"}\n'
@@ -54,6 +58,9 @@ class FakeLlm:
         content = self.reply_for(question_of(request))
         if content.startswith("ECHO_AUTH"):  # a broken server that repeats what it was sent
             content = "I got " + request["headers"].get("authorization", "")
+        # {authorization} and {url} in a scripted reply: the secrets repeated inside a valid answer
+        content = content.replace("{authorization}", request["headers"].get("authorization", ""))
+        content = content.replace("{url}", self.url)
         return 200, json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})
 
 
@@ -116,12 +123,17 @@ def environ(server):
 def params_for(tmp_path, template=TEMPLATE, **overrides):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text(template, encoding="utf-8")
-    return FilterParams(scorer="llm", llm_prompt_path=prompt, llm_cache_path=tmp_path / "cache" / "llm.jsonl",
-                        **overrides)
+    return repo_params(filter={"scorer": "llm", "llm_prompt_path": prompt,
+                               "llm_cache_path": tmp_path / "cache" / "llm.sqlite", **overrides}).filter
 
 
 def scorer_for(tmp_path, environ, template=TEMPLATE, **overrides) -> LlmScorer:
     return LlmScorer.from_params(params_for(tmp_path, template, **overrides), environ, backoff_s=0.001)
+
+
+def cached_rows(path) -> list[tuple]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT key, score, reason, model FROM scores ORDER BY reason").fetchall()
 
 
 ROWS = [("합병이란?", "두 회사가 하나가 되는 것."), ("김치는?", "배추로 만든다."), ("공개매수란?", "장외 매수.")]
@@ -174,8 +186,9 @@ def test_reruns_use_the_cache_and_only_new_rows_are_sent(tmp_path, server, envir
     assert len(server.requests) == 4
     assert question_of(server.requests[-1]) == "실사란?"
 
-    lines = [json.loads(line) for line in (tmp_path / "cache" / "llm.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert len(lines) == 4 and all(set(line) == {"key", "score", "reason", "model"} for line in lines)
+    rows = cached_rows(tmp_path / "cache" / "llm.sqlite")
+    assert [row[1:] for row in rows] == [(50, f"{q} 관련", "qwen3-test")
+                                         for q in sorted(["합병이란?", "김치는?", "공개매수란?", "실사란?"])]
 
 
 def test_identical_rows_in_one_batch_are_asked_once(tmp_path, server, environ):
@@ -196,7 +209,7 @@ def test_the_key_is_sent_but_never_stored_or_shown(tmp_path, server, environ):
     scorer = scorer_for(tmp_path, environ)
     scorer.score_batch(ROWS[:1])
     assert server.requests[0]["headers"]["authorization"] == f"Bearer {SECRET}"
-    assert SECRET not in (tmp_path / "cache" / "llm.jsonl").read_text(encoding="utf-8")
+    assert SECRET.encode() not in (tmp_path / "cache" / "llm.sqlite").read_bytes()
     assert SECRET not in repr(scorer)
 
     server.replies = {"김치는?": "ECHO_AUTH"}  # the reply repeats the Authorization header
@@ -281,7 +294,8 @@ def test_make_scorer_builds_the_llm_scorer_from_the_environment(tmp_path, server
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
     scorer = make_scorer("llm", params.lexicon_path, None, params)
-    assert isinstance(scorer, LlmScorer) and scorer.model == "qwen3-test" and scorer.concurrency == 8
+    assert isinstance(scorer, LlmScorer) and scorer.model == "qwen3-test"
+    assert scorer.concurrency == params.llm_concurrency
     with pytest.raises(ValueError, match="filter params"):
         make_scorer("llm", params.lexicon_path, None)
     monkeypatch.delenv(ENV_BASE_URL)
@@ -300,43 +314,91 @@ def test_requests_overlap_up_to_the_concurrency(tmp_path, server, environ):
     assert elapsed < 8 * 0.2 * 0.75  # sequential would take 1.6 s
 
 
-def test_an_interrupted_last_cache_line_is_dropped_and_rescored(tmp_path, server, environ, capsys):
-    scorer_for(tmp_path, environ).score_batch(ROWS[:1])  # one at a time: the cache order is known
-    scorer_for(tmp_path, environ).score_batch(ROWS[1:2])
-    cache = tmp_path / "cache" / "llm.jsonl"
-    text = cache.read_text(encoding="utf-8")
-    cache.write_text(text[: len(text) - 20], encoding="utf-8")  # the second entry cut mid-write
-
-    assert scorer_for(tmp_path, environ).score_batch(ROWS[:2])[1] == (50, "김치는? 관련")
-    assert len(server.requests) == 3 and question_of(server.requests[-1]) == "김치는?"
-    assert "line 2 is incomplete" in capsys.readouterr().err
-    assert len([json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]) == 2
+def test_a_reason_that_echoes_the_key_or_url_is_stored_redacted(tmp_path, server, environ):
+    server.replies = {"합병이란?": '{"score": 90, "reason": "got {authorization} at {url}/v1"}'}
+    assert scorer_for(tmp_path, environ).score_batch(ROWS[:1]) == [(90, "got Bearer *** at ***")]
+    cache = tmp_path / "cache" / "llm.sqlite"
+    assert [row[2] for row in cached_rows(cache)] == ["got Bearer *** at ***"]
+    for stored in cache.parent.iterdir():  # the database and any WAL file beside it
+        assert SECRET.encode() not in stored.read_bytes() and server.url.encode() not in stored.read_bytes()
 
 
-def test_a_cache_entry_cut_before_its_newline_is_kept(tmp_path, server, environ):
+@pytest.mark.parametrize("damage", ["text", "jsonl", "truncated"])
+def test_a_cache_that_is_not_a_sqlite_database_is_one_clear_error(tmp_path, server, environ, damage):
+    cache = tmp_path / "cache" / "llm.sqlite"
+    if damage == "truncated":
+        scorer_for(tmp_path, environ).score_batch(ROWS)
+        cache.write_bytes(cache.read_bytes()[:5000])
+    else:
+        cache.parent.mkdir()
+        cache.write_text("hello\n" if damage == "text" else '{"key": "k", "score": 50, "reason": "x"}\n',
+                         encoding="utf-8")
+    sent = len(server.requests)
+    with pytest.raises(InputError, match=r"llm\.sqlite: not a usable score cache .*delete the file to re-score"):
+        scorer_for(tmp_path, environ).score_batch(ROWS)
+    assert len(server.requests) == sent  # found out before anything was sent
+
+
+def test_a_read_only_cache_is_one_clear_error(tmp_path, server, environ, monkeypatch):
     scorer_for(tmp_path, environ).score_batch(ROWS[:1])
-    cache = tmp_path / "cache" / "llm.jsonl"
-    cache.write_text(cache.read_text(encoding="utf-8").rstrip("\n"), encoding="utf-8")
-    scorer_for(tmp_path, environ).score_batch(ROWS[:2])
-    assert len(server.requests) == 2
-    assert len([json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]) == 2
+    # Root may write anything, so the test opens the file read-only, as SQLite itself does
+    # when the file or its folder is not writable.
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect",
+                        lambda path, **options: connect(f"file:{path}?mode=ro", uri=True, **options))
+    with pytest.raises(InputError, match=r"llm\.sqlite: cannot write the score cache \(attempt to write a readonly"):
+        scorer_for(tmp_path, environ).score_batch(ROWS)
 
 
-def test_a_damaged_cache_line_elsewhere_is_an_error(tmp_path, server, environ):
-    scorer_for(tmp_path, environ).score_batch(ROWS[:2])
-    cache = tmp_path / "cache" / "llm.jsonl"
-    lines = cache.read_text(encoding="utf-8").splitlines(keepends=True)
-    cache.write_text("{broken\n" + "".join(lines), encoding="utf-8")
-    with pytest.raises(InputError, match=r"llm\.jsonl :: record line 1: not a cache entry"):
-        scorer_for(tmp_path, environ).score_batch(ROWS[:2])
+def test_a_folder_where_the_cache_file_should_be_is_one_clear_error(tmp_path, server, environ):
+    (tmp_path / "cache" / "llm.sqlite").mkdir(parents=True)
+    with pytest.raises(InputError, match=r"llm\.sqlite: cannot write the score cache \(unable to open"):
+        scorer_for(tmp_path, environ).score_batch(ROWS)
 
 
-def test_a_relative_cache_path_lands_under_the_working_directory(in_tmp, server, environ):
+CHILD = """
+import sys
+from pathlib import Path
+from mna_tune.data.llm_scorer import LlmScorer
+
+url, cache, template, first, count = sys.argv[1:]
+scorer = LlmScorer(base_url=url, model="m", template=template, cache_path=Path(cache), backoff_s=0.001)
+rows = [(f"질문 {n}", f"답변 {n}") for n in range(int(first), int(first) + int(count))]
+print("ready", flush=True)
+sys.stdin.readline()  # start together, so both create the file and then write at the same time
+scores = scorer.score_batch(rows)
+assert [reason for _, reason in scores] == [f"{question} 관련" for question, _ in rows], scores
+"""
+
+
+def test_two_processes_share_one_cache_file(tmp_path, server):
+    server.delay_s = 0.005
+    cache = tmp_path / "cache" / "llm.sqlite"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    children = [subprocess.Popen([sys.executable, "-c", CHILD, server.url + "/v1", str(cache), TEMPLATE, first, "300"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=env)
+                for first in ("0", "200")]  # rows 200-299 are in both: both write them
+    for child in children:
+        assert child.stdout.readline() == "ready\n", child.communicate()[1]
+    for child in children:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    for child in children:
+        _, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+    assert server.max_in_flight > 8  # both were sending at once (each sends at most 8 at a time)
+    assert sorted(row[2] for row in cached_rows(cache)) == sorted(f"질문 {n} 관련" for n in range(500))
+
+
+def test_a_relative_cache_path_lands_under_the_working_directory(in_tmp, server, environ, monkeypatch):
+    monkeypatch.delenv("DVC_ROOT", raising=False)
     prompt = in_tmp / "prompt.txt"
     prompt.write_text(TEMPLATE, encoding="utf-8")
-    params = FilterParams(scorer="llm", llm_prompt_path=prompt)  # default .cache/llm_scores.jsonl
+    params = repo_params(filter={"scorer": "llm", "llm_prompt_path": prompt}).filter  # params.yaml's cache path
+    assert not params.llm_cache_path.is_absolute()
     LlmScorer.from_params(params, environ, backoff_s=0.001).score_batch(ROWS[:1])
-    assert (in_tmp / ".cache" / "llm_scores.jsonl").exists()
+    assert len(cached_rows(in_tmp / params.llm_cache_path)) == 1
 
 
 def test_a_prompt_without_placeholders_is_rejected(tmp_path, environ):
@@ -347,7 +409,7 @@ def test_a_prompt_without_placeholders_is_rejected(tmp_path, environ):
 def test_the_repository_prompt_renders_both_fields():
     from mna_tune.data.llm_scorer import load_template, render_prompt
 
-    template = load_template(REPO / FilterParams().llm_prompt_path)
+    template = load_template(REPO / load_params(REPO / "params.yaml").filter.llm_prompt_path)
     rendered = render_prompt(template, "질문 {answer}", "답변")
     assert "질문 {answer}" in rendered and "답변" in rendered and '{"score"' in rendered
 
@@ -358,9 +420,10 @@ def test_other_scorers_score_batches_row_by_row():
 
 
 def test_the_filter_stage_scores_with_the_llm_and_reruns_send_nothing(tmp_path, server, environ, monkeypatch):
-    from mna_tune.data.filter import FilterPaths, run_filter
     from mna_tune.data.columnar import read_rows
-    from mna_tune.data.io import write_jsonl
+    from mna_tune.data.filter import run_filter
+    from mna_tune.params import FilterPaths
+    from mna_tune.workspace import write_jsonl
 
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
@@ -368,16 +431,17 @@ def test_the_filter_stage_scores_with_the_llm_and_reruns_send_nothing(tmp_path, 
                       "김치는?": '<think>\n음식 질문\n</think>\n{"score": 0, "reason": "무관"}'}
     rows = [{"question": q, "answer": a, "category": "사회", "file": "Other/Other.zip", "entry": "/OT.json",
              "record": f"[{i}]"} for i, (q, a) in enumerate(ROWS)]
-    paths = FilterPaths(rows_in=tmp_path / "extracted.jsonl", kept=tmp_path / "kept.parquet",
-                        dropped=tmp_path / "dropped.parquet", metrics=tmp_path / "filter.json")
-    write_jsonl(paths.rows_in, rows)
+    source = tmp_path / "extracted.jsonl"
+    paths = FilterPaths(kept=tmp_path / "kept.parquet", dropped=tmp_path / "dropped.parquet",
+                        metrics=tmp_path / "filter.json")
+    write_jsonl(source, rows)
     params = params_for(tmp_path, min_score=30, exclude_categories=[])
-    metrics = run_filter(params, paths)
+    metrics = run_filter(params, source, paths)
     kept = list(read_rows(paths.kept))
     assert [(r["question"], r["score"]) for r in kept] == [("합병이란?", 90), ("공개매수란?", 50)]
     assert kept[0]["score_reason"] == "M&A 핵심 개념" and metrics["dropped"]["below_min_score"] == 1
     assert len(server.requests) == 3
-    run_filter(params, paths)
+    run_filter(params, source, paths)
     assert len(server.requests) == 3  # every row came from the cache
     for path in (paths.kept, paths.dropped, paths.metrics, params.llm_cache_path):
         assert SECRET.encode() not in path.read_bytes()

@@ -3,11 +3,11 @@ import json
 import pytest
 
 from mna_tune.chat import SYSTEM_PROMPT
-from mna_tune.data.errors import InputError
-from mna_tune.data.io import read_jsonl, write_jsonl
-from mna_tune.data.merge import MergePaths, run_merge
+from mna_tune.errors import InputError
+from mna_tune.workspace import read_jsonl, write_jsonl
+from mna_tune.data.merge import run_merge
 from mna_tune.data.mna import read_mna
-from mna_tune.params import MergeParams
+from mna_tune.params import MergeParams, MergePaths
 
 
 def aihub(question, answer, category="사회"):
@@ -18,12 +18,11 @@ def aihub(question, answer, category="사회"):
 def run(tmp_path, mna_records, aihub_rows, near_dup_threshold=0.9, with_near=False):
     mna = tmp_path / "mna.json"
     mna.write_text(json.dumps(mna_records, ensure_ascii=False), encoding="utf-8")
-    paths = MergePaths(aihub_rows=tmp_path / "filtered.jsonl", merged=tmp_path / "merged.jsonl",
-                       duplicates=tmp_path / "dups.jsonl", near_duplicates=tmp_path / "near.jsonl",
-                       metrics=tmp_path / "m.json")
-    write_jsonl(paths.aihub_rows, aihub_rows)
-    metrics = run_merge(mna, MergeParams(near_dup_threshold=near_dup_threshold), paths)
-    out = metrics, list(read_jsonl(paths.merged)), list(read_jsonl(paths.duplicates))
+    paths = MergePaths(rows=tmp_path / "merged.jsonl", duplicates=tmp_path / "dups.jsonl",
+                       near_duplicates=tmp_path / "near.jsonl", metrics=tmp_path / "m.json")
+    write_jsonl(tmp_path / "filtered.jsonl", aihub_rows)
+    metrics = run_merge(mna, tmp_path / "filtered.jsonl", MergeParams(near_dup_threshold=near_dup_threshold), paths)
+    out = metrics, list(read_jsonl(paths.rows)), list(read_jsonl(paths.duplicates))
     return out + (list(read_jsonl(paths.near_duplicates)),) if with_near else out
 
 
@@ -53,7 +52,7 @@ def test_near_duplicate_questions_collapse_within_and_across_sources(tmp_path):
 
 def test_near_duplicate_chains_keep_rows_that_are_far_apart(tmp_path):
     from mna_tune.data.merge import collapse_near_duplicates
-    from pipeline_helpers import chat_rows
+    from helpers import chat_rows
 
     rows = chat_rows([("가나다라마바사아자차", "1"), ("가나다라마바사아자카", "2"), ("가나다라마바사아타카", "3")])
     kept, collapsed = collapse_near_duplicates(rows, 0.75)

@@ -1,7 +1,9 @@
 import pytest
 
-from mna_tune.modeling import QWEN3_VOCAB_SIZE, TINY, ModelSourceError, load_base_model, resolve_base
-from mna_tune.qwen_tokenizer import qwen_tiktoken_path
+from mna_tune.modeling import TINY, load_base_model, resolve_base
+from mna_tune.qwen_tokenizer import QWEN3_VOCAB_SIZE, ModelSourceError, qwen_tiktoken_path
+
+from helpers import tiny_params
 
 
 def test_qwen3_tokenizer_is_built_offline_with_the_real_ids(qwen3_tokenizer):
@@ -46,7 +48,9 @@ def test_resolve_base(tmp_path):
 def test_tiny_model_is_reproducible_from_its_seed():
     import torch
 
-    a, b, c = load_base_model(TINY, 0), load_base_model(TINY, 0), load_base_model(TINY, 1)
+    model = tiny_params().model
+    a, b = load_base_model(model), load_base_model(model)
+    c = load_base_model(model.model_copy(update={"tiny_seed": 1}))
     assert a.config.vocab_size == QWEN3_VOCAB_SIZE and a.config.model_type == "qwen3"
     weights = a.model.layers[0].self_attn.q_proj.weight
     assert torch.equal(weights, b.model.layers[0].self_attn.q_proj.weight)
@@ -60,11 +64,13 @@ def test_cuda_only_options_fail_clearly_before_any_work():
 
     if torch.cuda.is_available():
         pytest.skip("this check is about machines without CUDA")
+    model = tiny_params().model
     with pytest.raises(ModelSourceError, match="model.quantization: 4bit needs a CUDA GPU"):
-        check_device_support("Qwen/Qwen3-8B", quantization="4bit")
+        check_device_support(model.model_copy(update={"base": "Qwen/Qwen3-8B", "quantization": "4bit"}))
     with pytest.raises(ModelSourceError, match="flash_attention_2 needs a CUDA GPU"):
-        check_device_support("Qwen/Qwen3-8B", attn_implementation="flash_attention_2")
-    check_device_support("tiny-qwen3")  # the defaults run anywhere
+        check_device_support(model.model_copy(update={"base": "Qwen/Qwen3-8B",
+                                                      "attn_implementation": "flash_attention_2"}))
+    check_device_support(model)  # the defaults run anywhere
 
 
 def test_train_stage_refuses_qlora_on_cpu_before_loading_anything(workspace, capsys):
@@ -72,11 +78,11 @@ def test_train_stage_refuses_qlora_on_cpu_before_loading_anything(workspace, cap
     import yaml
 
     from mna_tune.cli import main
-    from pipeline_helpers import tiny_params
+    from helpers import tiny_params
 
     if torch.cuda.is_available():
         pytest.skip("this check is about machines without CUDA")
-    params = tiny_params(workspace).model_dump(mode="json")
+    params = tiny_params().model_dump(mode="json")
     params["model"] = {**params["model"], "base": "Qwen/Qwen3-8B", "quantization": "4bit"}
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     assert main(["train"]) == 1

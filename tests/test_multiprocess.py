@@ -3,14 +3,12 @@ repository's DDP config; on this CPU machine the two processes join over gloo an
 same run_train as a single-process stage. Rank 0 alone logs to MLflow and writes outputs."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-from pipeline_helpers import REPO, tiny_params, write_splits
+from helpers import REPO, cli_env, tiny_params, write_params, write_splits
 
 
 def test_two_cpu_processes_train_one_adapter(tmp_path):
@@ -20,22 +18,20 @@ def test_two_cpu_processes_train_one_adapter(tmp_path):
     from mna_tune.modeling import load_base_model
 
     write_splits(tmp_path)
-    params = tiny_params(tmp_path, max_steps=2, num_processes=2,
-                         accelerate_config=REPO / "configs/accelerate/ddp.yaml").model_dump(mode="json")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
-    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "DVC_ROOT": str(tmp_path),
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
-    done = subprocess.run(["mna-tune", "train"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    params = tiny_params(max_steps=2, num_processes=2, accelerate_config=REPO / "configs/accelerate/ddp.yaml")
+    write_params(tmp_path, params)
+    done = subprocess.run(["mna-tune", "train"], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
+                          timeout=600)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
     assert "train: 2 processes" in log
 
     metrics = json.loads((tmp_path / "metrics/train.json").read_text())
     assert metrics["processes"] == 2 and metrics["steps"] == 2 and metrics["train_loss"] > 0
-    PeftModel.from_pretrained(load_base_model("tiny-qwen3"), str(tmp_path / "models/adapter"))
+    PeftModel.from_pretrained(load_base_model(tiny_params().model), str(tmp_path / "models/adapter"))
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    experiment = client.get_experiment_by_name(params["mlflow"]["experiment"])
+    experiment = client.get_experiment_by_name(params.mlflow.experiment)
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1  # rank 1 trained but logged nothing
     assert runs[0].data.metrics["processes"] == 2 and runs[0].info.status == "FINISHED"
@@ -43,16 +39,15 @@ def test_two_cpu_processes_train_one_adapter(tmp_path):
 
 
 def test_launch_command_uses_the_repository_config():
-    from mna_tune.distributed import launch_command, needs_launch
-    from mna_tune.params import TrainParams
+    from mna_tune.training.distributed import launch_command, needs_launch
 
-    train = TrainParams(num_processes=4, accelerate_config=REPO / "configs/accelerate/fsdp.yaml")
+    train = tiny_params(num_processes=4, accelerate_config=REPO / "configs/accelerate/fsdp.yaml").train
     command = launch_command(train, ["--params", "p.yaml", "train"])
     assert command[1:3] == ["-m", "accelerate.commands.launch"]
     assert command[command.index("--config_file") + 1] == str(REPO / "configs/accelerate/fsdp.yaml")
     assert command[command.index("--num_processes") + 1] == "4"
     assert command[-4:] == ["mna_tune", "--params", "p.yaml", "train"]
-    assert needs_launch(train) and not needs_launch(TrainParams())
+    assert needs_launch(train) and not needs_launch(tiny_params().train)
     for name in ("ddp", "fsdp", "deepspeed_zero3"):
         assert yaml.safe_load((REPO / f"configs/accelerate/{name}.yaml").read_text())["num_machines"] == 1
 
@@ -60,8 +55,7 @@ def test_launch_command_uses_the_repository_config():
 def test_missing_accelerate_config_is_named():
     import pytest
 
-    from mna_tune.distributed import launch_command
-    from mna_tune.params import TrainParams
+    from mna_tune.training.distributed import launch_command
 
     with pytest.raises(ValueError, match="nowhere.yaml"):
-        launch_command(TrainParams(num_processes=2, accelerate_config=Path("nowhere.yaml")), ["train"])
+        launch_command(tiny_params(num_processes=2, accelerate_config=Path("nowhere.yaml")).train, ["train"])

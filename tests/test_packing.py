@@ -5,7 +5,7 @@ the same answer spans. Batches come from the train stage's own trainer (build_tr
 import pytest
 import torch
 
-from pipeline_helpers import QA, chat_rows, tiny_params
+from helpers import QA, chat_rows, tiny_params
 
 LONGER = [(q * 3, a * 4) for q, a in QA]  # rows of different lengths, so packs mix sizes
 
@@ -13,11 +13,11 @@ LONGER = [(q * 3, a * 4) for q, a in QA]  # rows of different lengths, so packs 
 def trainer_for(tmp_path, qwen3_tokenizer, **train):
     from mna_tune.chat import training_pair
     from mna_tune.modeling import load_base_model
-    from mna_tune.train import build_trainer
+    from mna_tune.training.trainer import build_trainer
 
-    params = tiny_params(tmp_path, per_device_train_batch_size=8, **train)
+    params = tiny_params(per_device_train_batch_size=8, **train)
     records = [training_pair(row["messages"]) for row in chat_rows(QA + LONGER)]
-    trainer = build_trainer(params, load_base_model("tiny-qwen3"), qwen3_tokenizer, records, [], tmp_path / "out",
+    trainer = build_trainer(params, load_base_model(params.model), qwen3_tokenizer, records, [], tmp_path / "out",
                             max_length=256)
     trainer.model.eval()  # no dropout: the comparison is exact up to float rounding
     return trainer
@@ -87,8 +87,8 @@ def test_packed_batches_keep_rows_apart(tmp_path, qwen3_tokenizer, one_by_one, m
 def test_packing_trains_through_the_stage(workspace):
     import json
 
-    from mna_tune.train import run_train
+    from mna_tune.training.train import run_train
 
-    metrics = run_train(tiny_params(workspace, packing=True, max_steps=2))
+    metrics = run_train(tiny_params(packing=True, max_steps=2))
     assert metrics["packing"] is True and metrics["steps"] == 2 and metrics["train_loss"] > 0
     assert json.loads((workspace / "metrics/train.json").read_text())["packing"] is True

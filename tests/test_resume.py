@@ -2,30 +2,24 @@
 adapter as an uninterrupted run; changed data or params start fresh."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import yaml
 
-from pipeline_helpers import tiny_params, write_splits
+from helpers import cli_env, tiny_params, write_params, write_splits
 
 
 def prepare(root: Path, **train) -> Path:
     root.mkdir()
     write_splits(root)
-    params = tiny_params(root, max_steps=24, save_steps=6, save_total_limit=2, **train).model_dump(mode="json")
-    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    write_params(root, tiny_params(max_steps=24, save_steps=6, save_total_limit=2, **train))
     return root
 
 
 def train_command(root: Path):
-    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "DVC_ROOT": str(root),
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
-    return dict(args=["mna-tune", "train"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return dict(args=["mna-tune", "train"], cwd=root, env=cli_env(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 text=True)
 
 
@@ -67,13 +61,13 @@ def test_killed_training_resumes_to_the_same_adapter(tmp_path):
 
 
 def test_changed_data_or_params_start_fresh(workspace):
-    from mna_tune.train import TrainPaths, checkpoint_dir
+    from mna_tune.training.train import checkpoint_dir
 
-    params = tiny_params(workspace)
-    base = checkpoint_dir(params, TrainPaths())
-    assert checkpoint_dir(params, TrainPaths()) == base
+    params = tiny_params()
+    base = checkpoint_dir(params)
+    assert checkpoint_dir(params) == base
     faster = params.model_copy(update={"train": params.train.model_copy(update={"learning_rate": 0.5})})
-    assert checkpoint_dir(faster, TrainPaths()) != base
+    assert checkpoint_dir(faster) != base
     with (workspace / "data/processed/train.jsonl").open("a", encoding="utf-8") as handle:
         handle.write((workspace / "data/processed/val.jsonl").read_text(encoding="utf-8"))
-    assert checkpoint_dir(params, TrainPaths()) != base
+    assert checkpoint_dir(params) != base

@@ -1,29 +1,24 @@
 """Registry loading through MLflow pyfunc, and the OpenAI-compatible server on loopback."""
 
 import json
-import os
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from mna_tune.chat import SYSTEM_PROMPT
 
-from pipeline_helpers import QA, tiny_params
+from helpers import QA, cli_env, free_port, tiny_params, wait_until, write_params
 
 
 @pytest.fixture
 def registered(workspace):
-    from mna_tune.evaluate import run_evaluate
-    from mna_tune.train import run_train
+    from mna_tune.evaluation.evaluate import run_evaluate
+    from mna_tune.training.train import run_train
 
-    params = tiny_params(workspace)
+    params = tiny_params()
     run_train(params)
     run_evaluate(params)
     return params
@@ -32,7 +27,7 @@ def registered(workspace):
 def test_pyfunc_from_the_registry_answers_questions_and_messages(registered, workspace):
     import mlflow
 
-    from mna_tune.export import ask
+    from mna_tune.serving.ask import ask
 
     mlflow.set_tracking_uri(f"sqlite:///{workspace}/mlflow.db")  # as a user would
     model = mlflow.pyfunc.load_model(f"models:/{registered.mlflow.registered_model}@candidate")
@@ -50,12 +45,6 @@ def test_pyfunc_from_the_registry_answers_questions_and_messages(registered, wor
     assert json.loads(next(local.rglob("serving_config.json")).read_text())["base"] == "tiny-qwen3"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _call(url: str, body: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -64,24 +53,13 @@ def _call(url: str, body: dict | None = None) -> dict:
 
 
 def test_openai_compatible_server_on_loopback(registered, workspace):
-    (workspace / "params.yaml").write_text(yaml.safe_dump(registered.model_dump(mode="json"), allow_unicode=True),
-                                           encoding="utf-8")
-    port = _free_port()
-    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "DVC_ROOT": str(workspace), "PATH": str(Path(sys.executable).parent) + os.pathsep
-           + os.environ["PATH"]}
+    write_params(workspace, registered)
+    port = free_port()
     server = subprocess.Popen(["mna-tune", "serve", "--model", "@candidate", "--port", str(port)], cwd=workspace,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              env=cli_env(workspace), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                models = _call(f"{base}/models")
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"server did not start:\n{server.stdout.read() if server.stdout else ''}")
-                time.sleep(0.5)
+        models = wait_until(lambda: _call(f"{base}/models"), 120, "mna-tune serve", alive=lambda: server.poll() is None)
         assert models["data"][0]["id"].startswith(registered.mlflow.registered_model)
         reply = _call(f"{base}/chat/completions", {"model": "x", "messages": [{"role": "user", "content": QA[0][0]}]})
         assert reply["object"] == "chat.completion"
@@ -89,7 +67,7 @@ def test_openai_compatible_server_on_loopback(registered, workspace):
         assert message["role"] == "assistant" and isinstance(message["content"], str)
         assert reply["usage"]["prompt_tokens"] > 10
 
-        from mna_tune.export import ask
+        from mna_tune.serving.ask import ask
 
         assert message["content"] == ask(registered, QA[0][0])
         with pytest.raises(urllib.error.HTTPError) as refused:
@@ -103,14 +81,15 @@ def test_openai_compatible_server_on_loopback(registered, workspace):
 def test_local_base_folder_is_referenced_not_copied(workspace):
     import mlflow
 
-    from mna_tune.evaluate import run_evaluate
-    from mna_tune.modeling import build_qwen3_tokenizer, load_base_model
-    from mna_tune.train import run_train
+    from mna_tune.evaluation.evaluate import run_evaluate
+    from mna_tune.modeling import load_base_model
+    from mna_tune.qwen_tokenizer import build_qwen3_tokenizer
+    from mna_tune.training.train import run_train
 
     base = workspace / "local-base"
-    load_base_model("tiny-qwen3").save_pretrained(str(base))  # ~40 MB of weights
+    load_base_model(tiny_params().model).save_pretrained(str(base))  # ~40 MB of weights
     build_qwen3_tokenizer().save_pretrained(str(base))
-    params = tiny_params(workspace)
+    params = tiny_params()
     params = params.model_copy(update={"model": params.model.model_copy(update={"base": str(base)})})
     run_train(params)
     run_evaluate(params)

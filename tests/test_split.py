@@ -1,10 +1,12 @@
 import pytest
 
 from mna_tune.chat import build_messages
-from mna_tune.data.io import read_jsonl, write_jsonl
-from mna_tune.data.split import SplitPaths, run_split
+from mna_tune.workspace import read_jsonl, write_jsonl
+from mna_tune.data.split import run_split
 from mna_tune.data.text import content_id
-from mna_tune.params import SplitParams
+from mna_tune.params import SplitPaths
+
+from helpers import repo_params
 
 
 def words(seed, count=3):
@@ -24,11 +26,14 @@ def rows(n, prefix="질문"):
 
 
 def run(tmp_path, data, **params):
-    paths = SplitPaths(merged=tmp_path / "merged.jsonl", out_dir=tmp_path / "processed",
-                       leakage=tmp_path / "leakage.jsonl", metrics=tmp_path / "m.json")
-    write_jsonl(paths.merged, data)
-    metrics = run_split(SplitParams(**params), paths)
-    return metrics, {name: list(read_jsonl(paths.out_dir / f"{name}.jsonl")) for name in ("train", "val", "test")}
+    out = tmp_path / "processed"
+    paths = SplitPaths(train=out / "train.jsonl", val=out / "val.jsonl", test=out / "test.jsonl",
+                       leakage=tmp_path / "leakage.jsonl", metrics=tmp_path / "m.json",
+                       data_report=tmp_path / "report.json", rows_plot=tmp_path / "rows.csv",
+                       lengths_plot=tmp_path / "lengths.csv")
+    write_jsonl(tmp_path / "merged.jsonl", data)
+    metrics = run_split(repo_params(split=params).split, tmp_path / "merged.jsonl", paths)
+    return metrics, {name: list(read_jsonl(getattr(paths, name))) for name in ("train", "val", "test")}
 
 
 def placement(splits):
@@ -103,7 +108,7 @@ def test_near_twins_share_a_split_and_the_leakage_report_shows_none(tmp_path):
     # The same rows placed by their own question alone would leak: the report's check can fail.
     from mna_tune.data.split import assign_split
 
-    naive = {content_id(q, a): assign_split(q, SplitParams()) for q, a in twins}
+    naive = {content_id(q, a): assign_split(q, repo_params().split) for q, a in twins}
     assert any(naive[content_id(*f)] != naive[content_id(*s)] for f, s in zip(twins[::2], twins[1::2]))
 
 

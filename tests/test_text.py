@@ -1,4 +1,4 @@
-from mna_tune.data.text import clean_text, content_id, is_echo, match_key, question_key, unit_interval
+from mna_tune.data.text import clean_text, content_id, match_key, question_key, unit_interval
 
 
 def test_clean_text_keeps_line_breaks_and_composes_hangul():
@@ -8,12 +8,6 @@ def test_clean_text_keeps_line_breaks_and_composes_hangul():
 
 def test_match_key_ignores_every_whitespace_difference():
     assert match_key("합병이란  무엇인가요?\n") == match_key(" 합병이란 무엇인가요?") == "합병이란 무엇인가요?"
-
-
-def test_echo_rows_are_detected_after_whitespace_normalisation():
-    assert is_echo("안녕하세요 ", "안녕하세요")
-    assert is_echo("주식  이란?", "주식 이란?\n")
-    assert not is_echo("주식이란?", "주식은 회사의 지분입니다.")
 
 
 def test_content_id_is_stable_under_whitespace_and_differs_by_content():

@@ -7,7 +7,7 @@ import pytest
 
 from mna_tune.chat import build_messages, render_completion, render_prompt
 
-from pipeline_helpers import QA, tiny_params
+from helpers import QA, tiny_params
 
 THINK_IDS = [151667, 271, 151668, 271]  # <think> "\n\n" </think> "\n\n"
 
@@ -21,7 +21,7 @@ def test_label_masks_token_by_token(qwen3_tokenizer, think_in_loss):
     from mna_tune.modeling import load_base_model
 
     messages = build_messages(*QA[0])
-    trainer = SFTTrainer(model=load_base_model("tiny-qwen3"), processing_class=qwen3_tokenizer,
+    trainer = SFTTrainer(model=load_base_model(tiny_params().model), processing_class=qwen3_tokenizer,
                          args=SFTConfig(output_dir="/tmp/unused", report_to="none", completion_only_loss=True,
                                         max_length=384, bf16=False),
                          train_dataset=Dataset.from_list([training_pair(messages, think_in_loss)]))
@@ -43,16 +43,16 @@ def test_train_writes_a_peft_adapter_and_logs_to_mlflow(workspace):
     from peft import PeftModel
 
     from mna_tune.modeling import load_base_model
-    from mna_tune.train import run_train
+    from mna_tune.training.train import run_train
 
-    metrics = run_train(tiny_params(workspace))
+    metrics = run_train(tiny_params())
     adapter = workspace / "models/adapter"
     assert (adapter / "adapter_model.safetensors").is_file()
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (8, 32, 0.1)
     assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                              "down_proj"}
-    PeftModel.from_pretrained(load_base_model("tiny-qwen3"), str(adapter))
+    PeftModel.from_pretrained(load_base_model(tiny_params().model), str(adapter))
     assert metrics["steps"] == 3 and metrics["train_rows"] == 8 and metrics["val_loss"] > 0
     assert json.loads((workspace / "metrics/train.json").read_text()) == metrics
 
@@ -65,9 +65,9 @@ def test_train_writes_a_peft_adapter_and_logs_to_mlflow(workspace):
 
 
 def test_training_lowers_the_loss_on_rows_it_sees(workspace):
-    from mna_tune.train import run_train
+    from mna_tune.training.train import run_train
 
-    run_train(tiny_params(workspace, max_steps=40, learning_rate=5e-3, warmup_ratio=0.0))
+    run_train(tiny_params(max_steps=40, learning_rate=5e-3, warmup_ratio=0.0))
     curve = [float(line.split(",")[1]) for line in (workspace / "plots/train_loss.csv").read_text().splitlines()[1:]]
     assert len(curve) == 40
     assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 0.3
@@ -76,10 +76,10 @@ def test_training_lowers_the_loss_on_rows_it_sees(workspace):
 def test_evaluate_compares_base_and_adapter_and_registers_a_version(workspace):
     import mlflow
 
-    from mna_tune.evaluate import run_evaluate
-    from mna_tune.train import run_train
+    from mna_tune.evaluation.evaluate import run_evaluate
+    from mna_tune.training.train import run_train
 
-    params = tiny_params(workspace)
+    params = tiny_params()
     run_train(params)
     metrics = run_evaluate(params)
     assert metrics["test_rows"] == 2 and metrics["generated_rows"] == 2 and metrics["base_from_cache"] is False
@@ -112,9 +112,9 @@ def test_evaluate_compares_base_and_adapter_and_registers_a_version(workspace):
     assert run.data.metrics["eval/adapter/eval_loss"] == pytest.approx(metrics["adapter"]["eval_loss"])
     artifacts = [f.path for f in client.list_artifacts(run_id, "eval")]
     assert "eval/eval.md" in artifacts and "eval/predictions.json" in artifacts
-    from mna_tune.tracking import Tracker
+    from mna_tune.registry.registry import Registry
 
-    adapter = Tracker(params.mlflow).download_adapter(version, workspace / "dl")
+    adapter = Registry(params.mlflow).download_adapter(version, workspace / "dl")
     assert (adapter / "adapter_model.safetensors").read_bytes() == \
         (workspace / "models/adapter/adapter_model.safetensors").read_bytes()
 
@@ -127,11 +127,12 @@ def test_export_merged_loads_in_plain_transformers_and_ask_answers(workspace):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mna_tune.export import ask, export_merged
+    from mna_tune.serving.ask import ask
+    from mna_tune.serving.export import export_merged
     from mna_tune.modeling import load_adapter_model
-    from mna_tune.train import run_train
+    from mna_tune.training.train import run_train
 
-    params = tiny_params(workspace, max_steps=2, learning_rate=5e-2)
+    params = tiny_params(max_steps=2, learning_rate=5e-2)
     run_train(params)
     out = export_merged(params, workspace / "merged")
     assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
@@ -142,7 +143,7 @@ def test_export_merged_loads_in_plain_transformers_and_ask_answers(workspace):
                                            enable_thinking=False)
     assert prompt == render_prompt(messages)
     ids = tokenizer(prompt, return_tensors="pt").input_ids
-    peft_model = load_adapter_model("tiny-qwen3", workspace / "models/adapter")
+    peft_model = load_adapter_model(params.model, workspace / "models/adapter")
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, peft_model(input_ids=ids).logits, atol=1e-4)
     answer = ask(params, QA[0][0])
@@ -152,7 +153,7 @@ def test_export_merged_loads_in_plain_transformers_and_ask_answers(workspace):
 @pytest.mark.parametrize("too_long", ["drop", "keep"])
 def test_rows_over_max_length_are_dropped_or_kept_whole_never_cut(qwen3_tokenizer, too_long):
     from mna_tune.chat import training_pair
-    from mna_tune.train import fit_to_max_length
+    from mna_tune.training.trainer import fit_to_max_length
 
     short = training_pair(build_messages(*QA[0]))
     long = training_pair(build_messages(QA[1][0], "합병 " * 200))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from .errors import InputError
+from ..errors import InputError
 
 Kind = Literal["other", "sft", "rm", "label", "source", "ignored"]
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
+from ..errors import InputError
 from .aihub_layout import Unit
-from .errors import InputError
 
 _ANSWER_KEY = re.compile(r"^answer\d+$")
 _BOM = b"\xef\xbb\xbf"

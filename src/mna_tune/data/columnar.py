@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .io import read_jsonl
+from ..workspace import read_jsonl
 
 _TEXT = pa.string()
 EXTRACTED = pa.schema([(name, _TEXT) for name in (

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pyarrow as pa
 from tqdm import tqdm
 
-from ..params import FilterParams
+from ..params import FilterParams, FilterPaths, Params
+from ..workspace import write_json
 from .columnar import DROPPED, SCORED, ParquetOut, read_batches, table
-from .io import write_json
 from .parallel import default_processes, ordered_map
 from .scoring import make_scorer
 from .text import match_key
@@ -37,14 +36,6 @@ DROP_REASONS = (
 
 
 SCORE_CHUNK_ROWS = 2048  # rows per worker task (and per llm batch)
-
-
-@dataclass(frozen=True)
-class FilterPaths:
-    rows_in: Path = Path("data/interim/extracted.parquet")  # .jsonl is read too
-    kept: Path = Path("data/interim/filtered.parquet")
-    dropped: Path = Path("data/interim/filter_dropped.parquet")
-    metrics: Path = Path("metrics/filter.json")
 
 
 class EmptyFilterResult(ValueError):
@@ -140,7 +131,7 @@ def _line_chunks(path: Path, size: int):
         yield first, chunk
 
 
-def run_filter(params: FilterParams, paths: FilterPaths = FilterPaths(), processes: int | None = None) -> dict:
+def run_filter(params: FilterParams, source: Path, paths: FilterPaths, processes: int | None = None) -> dict:
     scorer = make_scorer(params.scorer, params.lexicon_path, params.scores_path, params)
     excluded = {unicodedata.normalize("NFC", name) for name in params.exclude_categories}
     # The llm scorer is I/O-bound and concurrent already (threads, one cache file): one process.
@@ -150,13 +141,13 @@ def run_filter(params: FilterParams, paths: FilterPaths = FilterPaths(), process
     rows_in = kept = 0
     with ParquetOut(paths.kept, SCORED) as kept_out, ParquetOut(paths.dropped, DROPPED) as dropped_out:
         progress = tqdm(desc="filter", unit=" rows")
-        source = Path(paths.rows_in)
+        source = Path(source)
         if source.suffix == ".parquet":
             chunks = read_batches(source, SCORE_CHUNK_ROWS)
         else:
             chunks = _line_chunks(source, SCORE_CHUNK_ROWS)
         for result in ordered_map(filter_chunk, chunks, processes, initializer=_init_worker,
-                                  initargs=(scorer, params, excluded, str(paths.rows_in))):
+                                  initargs=(scorer, params, excluded, str(source))):
             kept_out.write(result["kept"])
             dropped_out.write(result["dropped"])
             dropped.update(result["dropped_counts"])
@@ -168,7 +159,7 @@ def run_filter(params: FilterParams, paths: FilterPaths = FilterPaths(), process
         if kept == 0:
             steps = ", ".join(f"{reason} {dropped[reason]}" for reason in DROP_REASONS if dropped[reason])
             raise EmptyFilterResult(
-                f"filter kept 0 of {rows_in} rows from {paths.rows_in} (removed: {steps or 'nothing'}); "
+                f"filter kept 0 of {rows_in} rows from {source} (removed: {steps or 'nothing'}); "
                 f"loosen filter.min_score ({params.min_score}) or filter.exclude_categories"
             )
     metrics = {
@@ -181,3 +172,7 @@ def run_filter(params: FilterParams, paths: FilterPaths = FilterPaths(), process
     print(f"filter: kept {kept} of {rows_in} rows; dropped "
           + ", ".join(f"{reason} {count}" for reason, count in metrics["dropped"].items() if count))
     return metrics
+
+
+def main(params: Params, args=None) -> None:
+    run_filter(params.filter, params.paths.extract.rows, params.paths.filter)

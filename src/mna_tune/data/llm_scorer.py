@@ -3,28 +3,29 @@ each row 0-100 with a one-line reason, using the prompt template kept in the rep
 
 The endpoint and its key come from the environment only, never from params, so they cannot
 end up in params.yaml, DVC lock files, MLflow or logs. Scores are cached by content hash
-(model + prompt text + normalised question and answer) in a JSON Lines file, so reruns
-only send the rows that are new.
+(model + prompt text + normalised question and answer) in a SQLite file, so reruns only
+send the rows that are new.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import re
-import sys
+import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from ..errors import InputError
 from ..workspace import project_root
-from .errors import InputError
 from .text import match_key
 
 if TYPE_CHECKING:
@@ -39,6 +40,16 @@ ENV_API_KEY = "MNA_TUNE_LLM_API_KEY"
 _PLACEHOLDER = re.compile(r"\{(question|answer)\}")
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
 _SHOWN_CHARS = 200  # how much of a bad reply an error message quotes
+
+# Queued DVC experiments run in parallel and share one cache file: a writer waits up to
+# _LOCK_WAIT_S for another's commit instead of failing with "database is locked".
+_LOCK_WAIT_S = 30.0
+_LOOKUP_CHUNK = 500  # keys per SELECT ... IN (...), well below SQLite's bound-parameter limit
+_SCHEMA = """CREATE TABLE IF NOT EXISTS scores (
+    key TEXT PRIMARY KEY,
+    score INTEGER NOT NULL CHECK (score BETWEEN 0 AND 100),
+    reason TEXT NOT NULL,
+    model TEXT NOT NULL)"""
 
 
 class LlmConfigError(ValueError):
@@ -126,7 +137,6 @@ class LlmScorer:
     attempts: int = 4
     backoff_s: float = 1.0  # sleeps backoff_s * 2**n between attempts; tests make it tiny
     max_tokens: int = 128
-    _cache: dict[str, tuple[int, str]] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_params(
@@ -165,22 +175,23 @@ class LlmScorer:
         self, pairs: list[tuple[str, str]], wheres: list[str] | None = None
     ) -> list[tuple[int, str]]:
         """Scores in input order. Cached rows cost nothing; the rest go out concurrently and
-        each result is appended to the cache as it arrives, so an interrupted run keeps them."""
+        each result is committed to the cache as it arrives, so an interrupted run keeps them."""
         if wheres is not None and len(wheres) != len(pairs):
             raise ValueError(f"score_batch got {len(pairs)} rows but {len(wheres)} labels")
-        cache = self._load_cache()
         keys = [cache_key(self.model, self.template, question, answer) for question, answer in pairs]
-        todo: dict[str, int] = {}  # key -> first row index; identical rows are asked once
-        for index, key in enumerate(keys):
-            if key not in cache and key not in todo:
-                todo[key] = index
-        if todo:
-            self._request_missing(pairs, wheres, todo, cache)
+        with open_cache(self.cache_path) as db:
+            cache = _lookup(db, keys)
+            todo: dict[str, int] = {}  # key -> first row index; identical rows are asked once
+            for index, key in enumerate(keys):
+                if key not in cache and key not in todo:
+                    todo[key] = index
+            if todo:
+                self._request_missing(pairs, wheres, todo, cache, db)
         return [cache[key] for key in keys]
 
     def _request_missing(
         self, pairs: list[tuple[str, str]], wheres: list[str] | None,
-        todo: dict[str, int], cache: dict[str, tuple[int, str]],
+        todo: dict[str, int], cache: dict[str, tuple[int, str]], db: sqlite3.Connection,
     ) -> None:
         import httpx  # only the llm scorer needs it
 
@@ -188,31 +199,35 @@ class LlmScorer:
             return wheres[index] if wheres is not None else f"row {index + 1} of the batch"
 
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
         with (
             httpx.Client(timeout=self.timeout_s, limits=limits, headers=self._headers()) as client,
             ThreadPoolExecutor(max_workers=self.concurrency) as pool,
-            self.cache_path.open("a", encoding="utf-8") as out,
         ):
             futures: dict[Future, str] = {
                 pool.submit(self._ask, client, *pairs[index], where(index)): key for key, index in todo.items()
             }
             first_error: BaseException | None = None
-            for future in as_completed(futures):
-                if future.cancelled():
-                    continue
-                error = future.exception()
-                if error is not None:
-                    if first_error is None:  # stop sending, but keep what already came back
-                        first_error = error
-                        for pending in futures:
-                            pending.cancel()
-                    continue
-                key, (score, reason) = futures[future], future.result()
-                cache[key] = (score, reason)
-                out.write(json.dumps({"key": key, "score": score, "reason": reason, "model": self.model},
-                                     ensure_ascii=False) + "\n")
-                out.flush()
+            try:
+                # Results are written here, in the thread that owns the connection.
+                for future in as_completed(futures):
+                    if future.cancelled():
+                        continue
+                    error = future.exception()
+                    if error is not None:
+                        if first_error is None:  # stop sending, but keep what already came back
+                            first_error = error
+                            for pending in futures:
+                                pending.cancel()
+                        continue
+                    key, (score, reason) = futures[future], future.result()
+                    # Autocommit: each row is its own transaction, kept even if the run dies next.
+                    db.execute("INSERT OR REPLACE INTO scores (key, score, reason, model) VALUES (?, ?, ?, ?)",
+                               (key, score, reason, self.model))
+                    cache[key] = (score, reason)
+            finally:
+                # A failed write or Ctrl-C must not wait for every queued request to be sent.
+                for pending in futures:
+                    pending.cancel()
             if first_error is not None:
                 raise first_error
 
@@ -260,7 +275,8 @@ class LlmScorer:
         if scored is None:
             raise _Retryable("no JSON object with an integer 'score' in 0..100 and a string 'reason' "
                              f"in the reply: {self._shown(content if content is not None else response.text)}")
-        return scored
+        score, reason = scored
+        return score, self._scrub(reason)  # the reason is stored and ends up in the filter outputs
 
     def _scrub(self, text: str) -> str:
         # Belt and braces: an endpoint or proxy could echo the key or a credentialed URL back.
@@ -272,11 +288,6 @@ class LlmScorer:
     def _shown(self, text: str) -> str:
         text = self._scrub(text)
         return repr(text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "…")
-
-    def _load_cache(self) -> dict[str, tuple[int, str]]:
-        if self._cache is None:
-            self._cache = read_cache(self.cache_path)
-        return self._cache
 
 
 def _check_url(url: str) -> None:
@@ -320,52 +331,60 @@ def load_template(path: Path) -> str:
     return template
 
 
-def read_cache(path: Path) -> dict[str, tuple[int, str]]:
-    """The cached scores. A broken last line is what an interrupted append leaves: it is
-    cut off (with a warning) so the next append starts clean, and the row is scored again.
-    A broken line anywhere else means the file was damaged otherwise, which is an error."""
+@contextlib.contextmanager
+def open_cache(path: Path) -> Iterator[sqlite3.Connection]:
+    """The score cache, created if missing. Any SQLite failure while it is open, here or in
+    the caller's block, becomes one InputError naming the file."""
     path = Path(path)
-    if not path.exists():
-        return {}
-    raw_lines = path.read_bytes().splitlines(keepends=True)
-    last = max((number for number, line in enumerate(raw_lines) if line.strip()), default=-1)
-    cache: dict[str, tuple[int, str]] = {}
-    for number, line in enumerate(raw_lines):
-        if not line.strip():
-            continue
-        entry = _cache_entry(line)
-        if entry is not None:
-            cache[entry[0]] = entry[1]
-        elif number == last:
-            print(f"filter: warning: {path} line {number + 1} is incomplete (interrupted write); "
-                  "dropping it, that row will be scored again", file=sys.stderr)
-            with path.open("r+b") as handle:
-                handle.truncate(sum(len(kept) for kept in raw_lines[:number]))
-        else:
-            raise InputError(str(path), "not a cache entry {key, score, reason, model}; "
-                                        "delete the file to re-score every row", record=f"line {number + 1}")
-    _end_with_newline(path)
-    return cache
-
-
-def _end_with_newline(path: Path) -> None:
-    # A write cut just before its newline leaves a valid entry that the next append would join.
-    with path.open("r+b") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        if size:
-            handle.seek(size - 1)
-            if handle.read(1) != b"\n":
-                handle.write(b"\n")
-
-
-def _cache_entry(line: bytes) -> tuple[str, tuple[int, str]] | None:
     try:
-        entry = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(entry, dict):
-        return None
-    key, score, reason = entry.get("key"), entry.get("score"), entry.get("reason")
-    if not isinstance(key, str) or type(score) is not int or not 0 <= score <= 100 or not isinstance(reason, str):
-        return None
-    return key, (score, reason)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: autocommit, so no transaction stays open between statements.
+        db = sqlite3.connect(path, timeout=_LOCK_WAIT_S, isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
+        raise _cache_error(path, exc) from None
+    try:
+        _use_wal(db)
+        db.execute(_SCHEMA)
+        yield db
+    except sqlite3.Error as exc:
+        raise _cache_error(path, exc) from None
+    finally:
+        db.close()
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    # WAL: readers never block the writer, and the mode sticks to the file. Switching a new
+    # file to it needs the file to itself, and there SQLite answers "locked" at once instead of
+    # waiting out the timeout, so two processes creating the cache together wait here by hand.
+    deadline = time.monotonic() + _LOCK_WAIT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def _lookup(db: sqlite3.Connection, keys: list[str]) -> dict[str, tuple[int, str]]:
+    unique = list(dict.fromkeys(keys))
+    found: dict[str, tuple[int, str]] = {}
+    for start in range(0, len(unique), _LOOKUP_CHUNK):
+        chunk = unique[start:start + _LOOKUP_CHUNK]
+        rows = db.execute(f"SELECT key, score, reason FROM scores WHERE key IN ({', '.join('?' * len(chunk))})",
+                          chunk).fetchall()
+        found.update((key, (score, reason)) for key, score, reason in rows)
+    return found
+
+
+def _cache_error(path: Path, exc: Exception) -> InputError:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code; OSError has none
+    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_ERROR):
+        # SQLITE_ERROR here means a database with some other table layout.
+        reason = f"not a usable score cache ({exc}); delete the file to re-score every row"
+    elif code == sqlite3.SQLITE_BUSY:
+        reason = f"score cache still locked by another process after {_LOCK_WAIT_S:.0f} s"
+    else:  # read-only file or folder, a folder in the file's place, a full disk
+        reason = f"cannot write the score cache ({exc}); the file and its folder must be writable"
+    return InputError(str(path), reason)

@@ -10,27 +10,17 @@ is listed with the row it duplicates (and, for near-duplicates, the similarity).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..chat import build_messages, question_of
-from ..params import MergeParams
+from ..params import MergeParams, MergePaths, Params
+from ..workspace import atomic_open, dumps_line, write_json, write_jsonl
 from .columnar import read_rows
-from .io import atomic_open, dumps_line, write_json, write_jsonl
 from .mna import read_mna
 from .similarity import similar_pairs
 from .text import clean_text, content_id
 
 MNA_CATEGORY = "M&A"
-
-
-@dataclass(frozen=True)
-class MergePaths:
-    aihub_rows: Path = Path("data/interim/filtered.parquet")  # .jsonl is read too
-    merged: Path = Path("data/interim/merged.jsonl")
-    duplicates: Path = Path("data/interim/merge_duplicates.jsonl")
-    near_duplicates: Path = Path("data/interim/merge_near_duplicates.jsonl")
-    metrics: Path = Path("metrics/merge.json")
 
 
 def _candidates(mna_path: Path, aihub_rows: Path):
@@ -66,13 +56,13 @@ def collapse_near_duplicates(rows: list[dict], threshold: float) -> tuple[list[d
     return [row for row, keep in zip(rows, kept_flags) if keep], collapsed
 
 
-def run_merge(mna_path: Path, params: MergeParams = MergeParams(), paths: MergePaths = MergePaths()) -> dict:
+def run_merge(mna_path: Path, aihub_rows: Path, params: MergeParams, paths: MergePaths) -> dict:
     seen: dict[str, str] = {}
     rows_in: Counter = Counter()
     duplicates: Counter = Counter()
     unique: list[dict] = []  # filtered rows: small enough to hold (see similarity.py on scale)
     with atomic_open(paths.duplicates) as dup_out:
-        for source, category, question, answer, origin in _candidates(Path(mna_path), paths.aihub_rows):
+        for source, category, question, answer, origin in _candidates(Path(mna_path), Path(aihub_rows)):
             rows_in[source] += 1
             row_id = content_id(question, answer)
             if row_id in seen:
@@ -88,7 +78,7 @@ def run_merge(mna_path: Path, params: MergeParams = MergeParams(), paths: MergeP
     if params.near_dup_threshold is not None:
         kept_rows, collapsed = collapse_near_duplicates(unique, params.near_dup_threshold)
     write_jsonl(paths.near_duplicates, collapsed)
-    write_jsonl(paths.merged, kept_rows)
+    write_jsonl(paths.rows, kept_rows)
     kept = Counter(row["source"] for row in kept_rows)
     near = Counter(f"{pair['kept_source']}->{pair['removed_source']}" for pair in collapsed)
     metrics = {
@@ -105,3 +95,7 @@ def run_merge(mna_path: Path, params: MergeParams = MergeParams(), paths: MergeP
     print(f"merge: {metrics['rows_out']} chat rows ({dict(kept)}), {metrics['exact_duplicates_removed']} exact and "
           f"{len(collapsed)} near duplicates removed")
     return metrics
+
+
+def main(params: Params, args=None) -> None:
+    run_merge(params.data.mna_path, params.paths.filter.kept, params.merge, params.paths.merge)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 from .text import clean_text
 
 

@@ -8,13 +8,12 @@ batches through `score_batch`, which it sends concurrently.
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from .errors import InputError
+from ..errors import InputError
+from ..lexicon import Lexicon
 from .llm_scorer import LlmScorer
 from .text import match_key
 
@@ -39,39 +38,19 @@ def _step5(value: float) -> int:
 
 @dataclass(frozen=True)
 class LexiconScorer:
-    weights: dict[str, int]
-    pattern: re.Pattern
+    lexicon: Lexicon
 
     @classmethod
     def from_tsv(cls, path: Path) -> "LexiconScorer":
-        weights: dict[str, int] = {}
-        try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise InputError(str(path), "lexicon file not found (filter.lexicon_path)") from None
-        for number, line in enumerate(lines, start=1):
-            if not line.strip() or line.startswith("#"):
-                continue
-            fields = line.split("\t")
-            if len(fields) < 2 or not fields[1].strip().lstrip("-").isdigit():
-                raise InputError(str(path), "expected 'term<TAB>weight[<TAB>domain]'", record=f"line {number}")
-            term = unicodedata.normalize("NFC", fields[0].strip())
-            if term in weights:
-                raise InputError(str(path), f"term '{term}' is listed twice", record=f"line {number}")
-            weights[term] = int(fields[1])
-        if not weights:
-            raise InputError(str(path), "the lexicon holds no terms")
-        # Longest first, so an alternation prefers "기업결합" over "결합" at the same place.
-        alternation = "|".join(re.escape(term) for term in sorted(weights, key=len, reverse=True))
-        return cls(weights, re.compile(alternation))
+        return cls(Lexicon.from_tsv(path))
 
     def score(self, question: str, answer: str) -> tuple[int, str]:
+        weights = self.lexicon.weights
         text = match_key(question) + "\n" + match_key(answer)
-        found = sorted(set(self.pattern.findall(text)), key=lambda term: (-self.weights[term], term))
+        found = sorted(set(self.lexicon.pattern.findall(text)), key=lambda term: (-weights[term], term))
         if not found:
             return 0, "no domain terms"
-        total = sum(self.weights[term] for term in found)
-        return _step5(total), ", ".join(f"{term}(+{self.weights[term]})" for term in found)
+        return _step5(sum(weights[term] for term in found)), ", ".join(f"{term}(+{weights[term]})" for term in found)
 
     def score_batch(
         self, pairs: list[tuple[str, str]], wheres: list[str] | None = None

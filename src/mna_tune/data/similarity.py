@@ -95,17 +95,13 @@ def nearest(queries: Sequence[str], corpus: Sequence[str]) -> list[tuple[int | N
 
 
 def components(count: int, pairs: Sequence[tuple[int, int, float]]) -> list[int]:
-    """Union-find over the pairs: for each item, the smallest index of its group."""
-    parent = list(range(count))
+    """For each item, a label shared by exactly the items its pairs connect (transitively)."""
+    import numpy as np
+    from scipy import sparse
+    from scipy.sparse.csgraph import connected_components
 
-    def root(item: int) -> int:
-        while parent[item] != item:
-            parent[item] = parent[parent[item]]
-            item = parent[item]
-        return item
-
-    for i, j, _ in pairs:
-        a, b = root(i), root(j)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    return [root(item) for item in range(count)]
+    left = np.fromiter((i for i, _, _ in pairs), dtype=np.int64, count=len(pairs))
+    right = np.fromiter((j for _, j, _ in pairs), dtype=np.int64, count=len(pairs))
+    graph = sparse.coo_matrix((np.ones(len(pairs), dtype=np.int8), (left, right)), shape=(count, count))
+    _, labels = connected_components(graph, directed=False)
+    return labels.tolist()

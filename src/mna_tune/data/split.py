@@ -11,24 +11,15 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..chat import question_of
-from ..params import SplitParams
-from .io import atomic_open, dumps_line, read_jsonl, write_json, write_jsonl
+from ..params import Params, SplitParams, SplitPaths
+from ..workspace import atomic_open, dumps_line, read_jsonl, write_json, write_jsonl
 from .similarity import components, nearest, similar_pairs
 from .text import question_key, unit_interval
 
 SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class SplitPaths:
-    merged: Path = Path("data/interim/merged.jsonl")
-    out_dir: Path = Path("data/processed")
-    leakage: Path = Path("reports/split_leakage.jsonl")
-    metrics: Path = Path("metrics/split.json")
 
 
 def split_of_key(key: str, params: SplitParams) -> str:
@@ -91,8 +82,8 @@ def _refuse_giant_group(keys: list[str], questions: list[str], params: SplitPara
         )
 
 
-def run_split(params: SplitParams, paths: SplitPaths = SplitPaths()) -> dict:
-    rows = list(read_jsonl(paths.merged))  # merged rows: the filtered set, small enough to hold
+def run_split(params: SplitParams, merged: Path, paths: SplitPaths) -> dict:
+    rows = list(read_jsonl(merged))  # merged rows: the filtered set, small enough to hold
     questions = [question_of(row["messages"]) for row in rows]
     keys, group_stats = group_keys(questions, params.leakage_threshold)
     _refuse_giant_group(keys, questions, params)
@@ -102,13 +93,13 @@ def run_split(params: SplitParams, paths: SplitPaths = SplitPaths()) -> dict:
     empty = [name for name in ("train", "test") if counts[name] == 0]
     if empty:
         raise ValueError(
-            f"split left {' and '.join(empty)} empty ({len(rows)} rows in {paths.merged}); "
+            f"split left {' and '.join(empty)} empty ({len(rows)} rows in {merged}); "
             "add data or raise split.test_size"
         )
     report, leakage = leakage_report(rows, names, questions, params.leakage_threshold)
     by_source: Counter = Counter(f"{name}_{row['source']}" for name, row in zip(names, rows))
     with ExitStack() as stack:  # all three files are committed together, or none
-        handles = {name: stack.enter_context(atomic_open(paths.out_dir / f"{name}.jsonl")) for name in SPLITS}
+        handles = {name: stack.enter_context(atomic_open(getattr(paths, name))) for name in SPLITS}
         for name, row in zip(names, rows):
             handles[name].write(dumps_line(row))
     write_jsonl(paths.leakage, report)
@@ -119,3 +110,10 @@ def run_split(params: SplitParams, paths: SplitPaths = SplitPaths()) -> dict:
           + f"; {leakage['above_threshold']} held-out questions with a train twin >= {params.leakage_threshold} "
           f"({moved} rows moved to their twins' split)")
     return metrics
+
+
+def main(params: Params, args=None) -> None:
+    from .report import write_data_report
+
+    run_split(params.split, params.paths.merge.rows, params.paths.split)
+    write_data_report(params)

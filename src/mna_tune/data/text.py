@@ -25,11 +25,6 @@ def match_key(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
-def is_echo(question: str, answer: str) -> bool:
-    """An echo row's answer merely repeats its question."""
-    return match_key(question) == match_key(answer)
-
-
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .eval_scoring import LOWER_IS_BETTER, METRICS
+from .scoring import LOWER_IS_BETTER, METRICS
 
 _LABELS = {"eval_loss": "eval loss (answer)", "perplexity": "perplexity", "rougeL_f1": "ROUGE-L F1 (Kiwi)",
            "chrf": "chrF", "exact_match": "exact match", "korean_only_share": "Korean-only share",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .chat import answer_of, render_completion, render_prompt
+from ..chat import answer_of, render_completion, render_prompt
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,12 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings)
     """Raw generated texts (special tokens removed, think tags kept), new-token count, seconds."""
     import torch
 
-    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     texts, new_tokens, started = [], 0, time.perf_counter()
     for start in range(0, len(prompts), settings.batch_size):
+        # left padding: decoder-only models continue from the right edge (asked per call,
+        # so the shared tokenizer is left as it was)
         encoded = tokenizer(prompts[start:start + settings.batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(model.device)
+                            padding_side="left", add_special_tokens=False).to(model.device)
         with torch.no_grad():
             output = model.generate(**encoded, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id,
                                     eos_token_id=tokenizer.eos_token_id)

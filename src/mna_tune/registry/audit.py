@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import subprocess
 
+from ..params import Params
 from .lineage import parse_lineage_tag, workspace_md5
+from .registry import Registry
 from .tracking import Tracker
 
 
@@ -22,8 +24,8 @@ def _head() -> str | None:
         return None
 
 
-def audit_version(tracker: Tracker, ref: str) -> dict:
-    version = tracker.resolve_version(ref)
+def audit_version(tracker: Tracker, registry: Registry, ref: str) -> dict:
+    version = registry.version(ref)
     tags = version.tags
     run = tracker.run(version.run_id)
     rows = {d["path"]: d["rows"] for d in tracker.run_datasets(version.run_id)}
@@ -52,15 +54,16 @@ def audit_version(tracker: Tracker, ref: str) -> dict:
     }
 
 
-def versions_trained_on(tracker: Tracker, path: str) -> dict:
+def versions_trained_on(registry: Registry, path: str) -> dict:
     md5 = workspace_md5(path)
     if md5 is None:
         raise ValueError(f"{path}: no such file or folder")
     matches = []
-    for version in tracker.all_versions():
+    for version in registry.all_versions():
         hits = [key for key, value in version.tags.items() if parse_lineage_tag(key) and value == md5]
-        if hits:
-            matches.append({"version": str(version.version), "aliases": list(version.aliases),
+        if hits:  # a search result carries no aliases: ask for the version itself
+            aliases = list(registry.version(version.version).aliases)
+            matches.append({"version": str(version.version), "aliases": aliases,
                             "run_id": version.run_id, "matched": sorted(hits)})
     return {"path": path, "md5": md5, "versions": matches}
 
@@ -101,10 +104,14 @@ def format_data(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run_audit(tracker: Tracker, ref: str | None, data_path: str | None, as_json: bool) -> str:
+def run_audit(tracker: Tracker, registry: Registry, ref: str | None, data_path: str | None, as_json: bool) -> str:
     if (ref is None) == (data_path is None):
         raise ValueError("audit needs a version (7 or @champion) or --data PATH, not both")
-    report = audit_version(tracker, ref) if ref is not None else versions_trained_on(tracker, data_path)
+    report = audit_version(tracker, registry, ref) if ref is not None else versions_trained_on(registry, data_path)
     if as_json:
         return json.dumps(report, ensure_ascii=False, indent=2)
     return format_version(report) if ref is not None else format_data(report)
+
+
+def main(params: Params, args) -> None:
+    print(run_audit(Tracker(params.mlflow), Registry(params.mlflow), args.version, args.data, args.json))

@@ -2,32 +2,21 @@
 category, and the token lengths of the training text (system + question + no-think
 header + answer + <|im_end|>, exactly what train sees) with the real Qwen3 tokenizer.
 
-Outside data/ on purpose: it needs the tokenizer (transformers' converter), which the
-light data rooms do not import.
+The tokenizer (built with transformers' converter, no torch) is imported only here and
+only when the report is written, so the other data stages start fast.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-from .chat import training_pair
-from .data.io import atomic_open, read_jsonl, write_json
+from ..chat import training_pair
+from ..params import Params, SplitPaths
+from ..workspace import atomic_open, read_jsonl, write_json
 
 BIN_TOKENS = 32  # histogram bin width
-
-
-@dataclass(frozen=True)
-class ReportPaths:
-    extract_metrics: Path = Path("metrics/extract.json")
-    filter_metrics: Path = Path("metrics/filter.json")
-    merged: Path = Path("data/interim/merged.jsonl")
-    processed: Path = Path("data/processed")
-    metrics: Path = Path("metrics/data_report.json")
-    rows_plot: Path = Path("plots/data_rows.csv")
-    lengths_plot: Path = Path("plots/token_lengths.csv")
 
 
 def _percentile(sorted_values: list[int], share: float) -> int:
@@ -54,34 +43,41 @@ def token_lengths(tokenizer, rows: list[dict]) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
 
-def _stage_rows(paths: ReportPaths, splits: dict[str, list[dict]]) -> dict[str, dict[str, int]]:
+def _stage_rows(upstream: dict[str, Path], splits: dict[str, list[dict]]) -> dict[str, dict[str, int]]:
     def load(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
     stages = {
-        "extract": {f"aihub/{k}": v for k, v in load(paths.extract_metrics).get("rows_by_category", {}).items()},
-        "filter": {f"aihub/{k}": v for k, v in load(paths.filter_metrics).get("kept_by_category", {}).items()},
-        "merge": dict(Counter(f"{r['source']}/{r['category']}" for r in read_jsonl(paths.merged))),
+        "extract": {f"aihub/{k}": v for k, v in load(upstream["extract"]).get("rows_by_category", {}).items()},
+        "filter": {f"aihub/{k}": v for k, v in load(upstream["filter"]).get("kept_by_category", {}).items()},
+        "merge": dict(Counter(f"{r['source']}/{r['category']}" for r in read_jsonl(upstream["merge"]))),
     }
     for name, rows in splits.items():
         stages[f"split_{name}"] = dict(Counter(f"{r['source']}/{r['category']}" for r in rows))
     return {stage: dict(sorted(counts.items())) for stage, counts in stages.items()}
 
 
-def write_data_report(max_length: int, paths: ReportPaths = ReportPaths(), tokenizer=None) -> dict:
+def write_data_report(params: Params, tokenizer=None) -> dict:
+    """The report for the splits in params.paths.split, from the upstream stages' outputs."""
     if tokenizer is None:
-        from .qwen_tokenizer import build_qwen3_tokenizer
+        from ..qwen_tokenizer import build_qwen3_tokenizer
 
         tokenizer = build_qwen3_tokenizer()
-    splits = {name: list(read_jsonl(paths.processed / f"{name}.jsonl")) for name in ("train", "val", "test")}
+    return _write_report(params.train.max_length, params.paths.split, tokenizer, {
+        "extract": params.paths.extract.metrics, "filter": params.paths.filter.metrics,
+        "merge": params.paths.merge.rows})
+
+
+def _write_report(max_length: int, paths: SplitPaths, tokenizer, upstream: dict[str, Path]) -> dict:
+    splits = {name: list(read_jsonl(getattr(paths, name))) for name in ("train", "val", "test")}
     lengths = {name: token_lengths(tokenizer, rows) for name, rows in splits.items()}
-    stage_rows = _stage_rows(paths, splits)
+    stage_rows = _stage_rows(upstream, splits)
     report = {
         "max_length": max_length,
         "token_lengths": {name: length_stats(values, max_length) for name, values in lengths.items()},
         "rows_by_stage": {stage: sum(counts.values()) for stage, counts in stage_rows.items()},
     }  # per source and category: plots/data_rows.csv (as metrics they would flood `dvc exp show`)
-    write_json(paths.metrics, report)
+    write_json(paths.data_report, report)
     with atomic_open(paths.rows_plot) as out:
         out.write("stage_source_category,rows\n")
         for stage, counts in stage_rows.items():

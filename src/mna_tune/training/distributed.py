@@ -7,9 +7,10 @@ writes the stage's outputs (so one DVC stage still yields one run and one adapte
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
-from .params import TrainParams
+from ..params import TrainParams
 
 
 def launched() -> bool:
@@ -32,3 +33,13 @@ def launch_command(train: TrainParams, stage_argv: list[str]) -> list[str]:
                          "(configs/accelerate holds ddp.yaml, fsdp.yaml and deepspeed_zero3.yaml)")
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(train.accelerate_config),
             "--num_processes", str(train.num_processes), "--num_machines", "1", "-m", "mna_tune", *stage_argv]
+
+
+def relaunch_if_needed(train: TrainParams, stage_argv: list[str]) -> None:
+    """In the first process of a multi-process train: run the stage under accelerate and
+    exit with its status. Returns at once otherwise (one process, or already launched)."""
+    if not needs_launch(train):
+        return
+    command = launch_command(train, stage_argv)
+    print(f"train: {train.num_processes} processes: {' '.join(command)}", flush=True)
+    raise SystemExit(subprocess.run(command).returncode)

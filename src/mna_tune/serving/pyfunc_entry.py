@@ -3,6 +3,6 @@ adapter and serving_config.json artifacts (no pickled objects)."""
 
 import mlflow
 
-from mna_tune.serving import AdapterChatModel
+from mna_tune.serving.pyfunc import AdapterChatModel
 
 mlflow.models.set_model(AdapterChatModel())

@@ -1,0 +1,119 @@
+"""Promotion: which registered version is `champion`. Every new version becomes `candidate`;
+the gate moves `champion` to it only when it earns it, and a person can promote or roll back
+by hand. Every decision and its reason are recorded on the version and its run."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ..evaluation.scoring import LOWER_IS_BETTER
+from ..params import GateParams, Params
+from .registry import CANDIDATE, CHAMPION, Registry
+
+HISTORY_TAG = "champion_history"  # on the registered model: versions that held champion, in order
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    reason: str
+
+
+def improvement(metric: str, candidate: float, reference: float) -> float:
+    """How much better the candidate is (positive = better), whatever the metric's direction."""
+    return reference - candidate if metric in LOWER_IS_BETTER else candidate - reference
+
+
+def decide(gate: GateParams, candidate: dict, champion: dict | None, base: dict,
+           champion_version: str | None = None) -> GateDecision:
+    """`candidate`, `champion` and `base` map metric names to values. Without a champion
+    the candidate must beat the base model on the same test rows by `min_delta`."""
+    metric = gate.metric
+    if metric not in candidate:
+        return GateDecision(False, f"candidate has no '{metric}' value")
+    korean = candidate.get("korean_only_share", 0.0)
+    if korean < gate.min_korean_only:
+        return GateDecision(False, f"Korean-only share {korean:.4f} < required {gate.min_korean_only:.4f}")
+    if champion is not None and metric in champion:
+        reference, against = champion[metric], f"champion v{champion_version}"
+    else:
+        reference, against = base[metric], "the base model (no champion yet)"
+    gain = improvement(metric, candidate[metric], reference)
+    verdict = f"{metric} {candidate[metric]:.6f} vs {reference:.6f} for {against}: improvement {gain:+.6f}"
+    if gain < gate.min_delta:
+        return GateDecision(False, f"{verdict} < required {gate.min_delta:+.6f}")
+    return GateDecision(True, f"{verdict} >= required {gate.min_delta:+.6f}; Korean-only share {korean:.4f}")
+
+
+def record_decision(registry: Registry, version: str, passed: bool, reason: str, how: str) -> None:
+    """The gate's (or a person's) decision, on the version and on its run."""
+    tags = {"gate.passed": str(passed).lower(), "gate.reason": reason, "gate.decided_by": how,
+            "gate.decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    registry.set_version_tags(version, tags)
+    run_id = registry.version(version).run_id
+    if run_id:
+        for key, value in tags.items():
+            registry.client.set_tag(run_id, key, value)
+
+
+def _history(registry: Registry) -> list[str]:
+    return [v for v in registry.model_tag(HISTORY_TAG).split(",") if v]
+
+
+def _set_champion(registry: Registry, version: str, history: list[str]) -> None:
+    registry.set_alias(CHAMPION, version)
+    registry.set_model_tag(HISTORY_TAG, ",".join(history))
+
+
+def promote(registry: Registry, ref: str, reason: str, how: str) -> str | None:
+    """Point `champion` at version `ref` (`7` or `@candidate`); returns the version it
+    pointed at before. An unknown version fails in one line."""
+    version = str(registry.version(ref).version)
+    previous = registry.alias_version(CHAMPION)
+    history = _history(registry)
+    if not history or history[-1] != str(version):
+        history.append(str(version))
+    _set_champion(registry, str(version), history)
+    record_decision(registry, version, True, reason, how)
+    return str(previous.version) if previous else None
+
+
+def rollback(registry: Registry, reason: str) -> tuple[str, str]:
+    """Move `champion` back to the version that held it before; returns (from, to)."""
+    history = _history(registry)
+    if len(history) < 2:
+        raise ValueError(f"{registry.name}: no earlier champion to roll back to "
+                         f"(champion history: {', '.join(history) or 'empty'})")
+    current, target = history[-1], history[-2]
+    _set_champion(registry, target, history[:-1])
+    registry.set_version_tags(current, {"rollback.reason": reason, "rollback.to": target})
+    return current, target
+
+
+def apply_gate(registry: Registry, version: str, candidate: dict, base: dict, gate: GateParams) -> GateDecision:
+    """`candidate` goes to the new version; `champion` only if the gate passes."""
+    registry.set_alias(CANDIDATE, version)
+    champion = registry.alias_version(CHAMPION)
+    champion_metrics = None
+    if champion is not None:
+        champion_metrics = {key.removeprefix("eval.adapter."): float(value) for key, value in champion.tags.items()
+                            if key.startswith("eval.adapter.")}
+    decision = decide(gate, candidate, champion_metrics, base, champion.version if champion else None)
+    if decision.passed:
+        promote(registry, version, decision.reason, "gate")
+    else:
+        record_decision(registry, version, False, decision.reason, "gate")
+    return decision
+
+
+def main_promote(params: Params, args) -> None:
+    registry = Registry(params.mlflow)
+    previous = promote(registry, args.version, f"manual promotion: {args.reason}", "cli")
+    print(f"{registry.name}: champion -> v{registry.alias_version('champion').version} (was {'v' + previous if previous else 'unset'})")
+
+
+def main_rollback(params: Params, args) -> None:
+    registry = Registry(params.mlflow)
+    current, target = rollback(registry, f"manual rollback: {args.reason}")
+    print(f"{registry.name}: champion v{current} -> v{target}")
