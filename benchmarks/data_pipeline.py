@@ -4,13 +4,16 @@ floor, all on the same files in the same run. Prints a Markdown table.
 
     .venv/bin/python benchmarks/data_pipeline.py                 # N = 1,000,000 (writes ~310 MB once)
     .venv/bin/python benchmarks/data_pipeline.py --rows 100000
+    .venv/bin/python benchmarks/data_pipeline.py --case templated   # low-vocabulary, templated questions
 
 - baseline: the notebook's approach: `json.load` of each entry into Python lists (QA of
   `contents[0]` for Other.zip, `data_info` for the label files), then a pandas DataFrame
   and its category filter;
 - floor: only decompress every entry and parse it (stdlib json and orjson, one process);
 - extract, filter, merge, split: `mna-tune <stage>` with the default params, in a scratch
-  workspace pointed at the download.
+  workspace pointed at the download. The table also says what reached each stage and, for
+  merge and split, whether the near-duplicate search was exact or bounded (and how many
+  candidate pairs it skipped).
 Each runs in its own process; peak RSS is the process's own maximum, plus the largest
 worker's where the stage uses worker processes (they run at the same time).
 """
@@ -87,14 +90,24 @@ def baseline(root: Path) -> dict:
 def stage(workspace: Path, name: str) -> dict:
     os.chdir(workspace)
     from mna_tune.cli import main
+    from mna_tune.params import load_params
 
     code = main([name])
     if code:
         raise SystemExit(code)
-    metrics = json.loads((workspace / f"metrics/{name}.json").read_text(encoding="utf-8"))
+    metrics_path = getattr(load_params(workspace / "params.yaml").paths, name).metrics
+    metrics = json.loads((workspace / metrics_path).read_text(encoding="utf-8"))
     written = sum(path.stat().st_size for pattern in OUTPUTS[name] for path in workspace.glob(pattern))
     rows = metrics.get("rows_kept") or metrics.get("rows_out") or metrics.get("rows")
-    return {"rows": sum(rows.values()) if isinstance(rows, dict) else rows, "output_mib": written / 2**20}
+    rows_in = metrics.get("rows_in")
+    search = metrics.get("near_duplicate_search") or metrics.get("leakage", {}).get("pair_search") or {}
+    note = "" if not search else ("exact search" if search.get("exact") else
+                                  f"bounded search: {search['candidate_pairs']:,} pairs compared, "
+                                  f"{search['candidate_pairs_skipped']:,} skipped")
+    if name == "split":
+        note += f"; nearest train: {metrics['leakage'].get('nearest_train_search')}"
+    return {"rows": sum(rows.values()) if isinstance(rows, dict) else rows, "output_mib": written / 2**20,
+            "rows_in": sum(rows_in.values()) if isinstance(rows_in, dict) else rows_in, "note": note}
 
 
 def run_step(step: str, root: Path, workspace: Path) -> dict:
@@ -125,10 +138,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--data", type=Path, help="download folder (default: a cached synthetic one in /tmp)")
+    parser.add_argument("--case", choices=("diverse", "templated"), default="diverse",
+                        help="the synthetic download's text (benchmarks/make_aihub.py)")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--workspace", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    root = args.data or Path(tempfile.gettempdir()) / f"aihub-synthetic-{args.rows}"
+    suffix = "" if args.case == "diverse" else f"-{args.case}"
+    root = args.data or Path(tempfile.gettempdir()) / f"aihub-synthetic-{args.rows}{suffix}"
     if args.step:
         print(json.dumps(run_step(args.step, root, args.workspace)))
         return
@@ -136,8 +152,8 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).parent))
         from make_aihub import make_download
 
-        print(f"writing a {args.rows:,}-row download to {root} ...", file=sys.stderr)
-        make_download(args.rows, root)
+        print(f"writing a {args.rows:,}-row {args.case} download to {root} ...", file=sys.stderr)
+        make_download(args.rows, root, case=args.case)
     with tempfile.TemporaryDirectory() as scratch:
         workspace = Path(scratch)
         prepare_workspace(root, workspace)
@@ -150,18 +166,19 @@ def main() -> None:
                 raise SystemExit(f"{step} failed:\n{done.stderr[-3000:]}")
             results[step] = json.loads(done.stdout.strip().splitlines()[-1])
     size = sum(path.stat().st_size for path in root.rglob("*.zip")) / 2**20
-    print(f"{args.rows:,} QA rows ({size:.0f} MiB of zips), {os.cpu_count()} cores "
+    print(f"{args.rows:,} QA rows, {args.case} case ({size:.0f} MiB of zips), {os.cpu_count()} cores "
           f"({platform.processor() or platform.machine()}), Python {platform.python_version()}\n")
-    print("| step | rows out | wall s | peak RSS MiB | output MiB | vs baseline | vs floor (orjson) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| step | rows in | rows out | wall s | peak RSS MiB | output MiB | vs baseline | vs floor (orjson) | note |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     base, fl = results["baseline"]["seconds"], results["floor-orjson"]["seconds"]
     for step, r in results.items():
         rows = r.get("kept", r.get("rows", ""))
         rows = f"{rows:,}" if isinstance(rows, int) else ""
+        rows_in = f"{r['rows_in']:,}" if isinstance(r.get("rows_in"), int) else ""
         output = f"{r['output_mib']:.0f}" if "output_mib" in r else ""
-        print(f"| {step} | {rows} | {r['seconds']:.1f} | {r['rss_mib']:.0f} | {output} | "
+        print(f"| {step} | {rows_in} | {rows} | {r['seconds']:.1f} | {r['rss_mib']:.0f} | {output} | "
               f"{base / r['seconds']:.2f}x faster | "
-              f"{r['seconds'] / fl:.2f}x the floor |")
+              f"{r['seconds'] / fl:.2f}x the floor | {r.get('note', '')} |")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,24 @@
 """Writes a synthetic AI Hub 71748-layout download of N QA rows (zipped, as downloaded).
 
     .venv/bin/python benchmarks/make_aihub.py --rows 1000000 --out /tmp/aihub-1m
+    .venv/bin/python benchmarks/make_aihub.py --rows 1000000 --case templated --out /tmp/aihub-1m-templated
 
 Shares follow the original download: ~95.8 % of rows in Other/Other.zip (entries of about
 8,300 rows, as the notebook's 978,172 rows from 118 entries), ~3.7 % in the Training
 TL_02 archive (SFT and RM labels), ~0.5 % in Validation VL.zip; one non-QA source archive.
-Text is random Korean words with realistic lengths (questions ~15-80 characters,
-answers ~30-300); about 2 % of rows carry M&A/finance/law terms from the lexicon, so the
-default filter keeps a realistic small share. Categories follow the seen mix, ~13 % in
-the excluded ones (the original 1,013,422 -> 883,254). Seeded: the same N gives the same bytes.
+Categories follow the seen mix, ~13 % in the excluded ones (the original 1,013,422 ->
+883,254). Seeded: the same N and case give the same bytes.
+
+Cases (the text of the rows):
+- diverse (default): random Korean words from a 20,000-word vocabulary with realistic
+  lengths (questions ~15-80 characters, answers ~30-300); about 2 % of rows carry
+  M&A/finance/law terms from the lexicon, so the default filter keeps a realistic small share.
+- templated: every question is built from a 300-word vocabulary (60 lexicon terms, 240
+  Korean words): one high-weight domain term (>= 30, so the default filter keeps the row),
+  4-6 vocabulary words and one of five endings; answers are 10-25 vocabulary words. 30 % of
+  the rows repeat one of 3,000 such questions (an FAQ asked again, with a new answer). Every
+  n-gram is common, the case that makes an exact pair search compare ~10^11 pairs, and
+  nearly every row reaches merge and split.
 """
 
 from __future__ import annotations
@@ -56,6 +66,36 @@ class TextMaker:
         return question, answer, category
 
 
+class TemplatedMaker(TextMaker):
+    """Questions and answers from a 300-word vocabulary (see the module docstring)."""
+
+    ENDINGS = ("은 무엇인가요?", "의 요건은 무엇인가요?", "에 대해 설명해 주세요.", "의 절차는 어떻게 되나요?", "과 관련된 쟁점은?")
+
+    def __init__(self, seed: int):
+        super().__init__(seed)
+        rng = self.rng
+        lexicon = (REPO / "data/lexicon/domain_terms.tsv").read_text(encoding="utf-8").splitlines()
+        weights = {line.split("\t")[0]: int(line.split("\t")[1]) for line in lexicon
+                   if line.strip() and not line.startswith("#")}
+        terms = sorted(term for term in weights if " " not in term)
+        self.strong = [term for term in terms if weights[term] >= 30]
+        self.vocabulary = rng.sample(terms, 60) + rng.sample(self.words, 240)
+        self.faq = [self.question() for _ in range(3000)]
+
+    def question(self) -> str:
+        rng = self.rng
+        words = [rng.choice(self.strong)] + rng.sample(self.vocabulary, rng.randint(4, 6))
+        rng.shuffle(words)
+        return " ".join(words) + rng.choice(self.ENDINGS)
+
+    def qa(self) -> tuple[str, str, str]:
+        rng = self.rng
+        category = rng.choices(list(CATEGORIES), weights=list(CATEGORIES.values()))[0]
+        question = rng.choice(self.faq) if rng.random() < 0.3 else self.question()
+        answer = " ".join(rng.choices(self.vocabulary, k=rng.randint(10, 25))) + "입니다."
+        return question, answer, category
+
+
 def other_entry(maker: TextMaker, rows: int) -> list[dict]:
     """Documents of up to 30 QA rows in contents[0] (where the notebook found them); every
     20th document carries 10 of its rows in a second contents item."""
@@ -96,8 +136,11 @@ def write_zip(path: Path, entries: dict[str, object]) -> None:
             archive.writestr(name, json.dumps(obj, ensure_ascii=False))
 
 
-def make_download(rows: int, out: Path, seed: int = 0) -> dict[str, int]:
-    maker = TextMaker(seed)
+CASES = {"diverse": TextMaker, "templated": TemplatedMaker}
+
+
+def make_download(rows: int, out: Path, seed: int = 0, case: str = "diverse") -> dict[str, int]:
+    maker = CASES[case](seed)
     training, validation = round(rows * 0.037), round(rows * 0.005)
     other = rows - training - validation
     write_zip(out / "Training/02.라벨링데이터/TL_02.RLHF데이터.zip", label_files(maker, training, "tl"))
@@ -123,8 +166,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--case", choices=sorted(CASES), default="diverse")
     args = parser.parse_args()
-    print(make_download(args.rows, args.out, args.seed))
+    print(make_download(args.rows, args.out, args.seed, args.case))
 
 
 if __name__ == "__main__":

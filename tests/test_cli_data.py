@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 
 from aihub_factory import standard_tree, zip_every_archive
@@ -45,9 +46,9 @@ def test_splits_hold_exactly_the_qa_rows_minus_excluded_echo_and_duplicates(in_t
         ("실사란 무엇인가요?", "대상 회사를 조사하는 절차입니다."),  # the rank-1 answer, stored as answer02
         ("배당이란?", "이익을 주주에게 나누어 주는 것입니다."),
     ])
-    filtered = json.loads((in_tmp / "metrics/filter.json").read_text())
+    filtered = json.loads((in_tmp / "reports/filter.json").read_text())
     assert filtered["dropped"]["excluded_category"] == 2 and filtered["dropped"]["echo"] == 1
-    assert json.loads((in_tmp / "metrics/merge.json").read_text())["exact_duplicates_removed"] == 1
+    assert json.loads((in_tmp / "reports/merge.json").read_text())["exact_duplicates_removed"] == 1
 
 
 def _add_non_json_entry(root):
@@ -69,7 +70,7 @@ def test_non_json_entry_skip_counts_it(in_tmp):
     setup_workspace(in_tmp, on_error="skip")
     _add_non_json_entry(in_tmp)
     assert main(["extract"]) == 0
-    metrics = json.loads((in_tmp / "metrics/extract.json").read_text())
+    metrics = json.loads((in_tmp / "reports/extract.json").read_text())
     assert metrics["rejected"] == 1 and metrics["rows"] == 8
     rejects = list(read_jsonl(in_tmp / "data/interim/extract_rejects.jsonl"))
     assert rejects[0]["entry"] == "/OT-broken.json"
@@ -112,7 +113,7 @@ def test_editing_one_raw_row_moves_only_that_row(in_tmp):
     for stage in ("extract", "filter", "merge", "split"):
         assert main([stage]) == 0
     before = _placements(in_tmp)
-    leakage = json.loads((in_tmp / "metrics/split.json").read_text())["leakage"]
+    leakage = json.loads((in_tmp / "reports/split.json").read_text())["leakage"]
     assert leakage["above_threshold"] == 0 and leakage["held_out_rows"] > 0
 
     edited_file = in_tmp / "aihub/Other/Other/OT-00-01.json"
@@ -129,3 +130,70 @@ def test_editing_one_raw_row_moves_only_that_row(in_tmp):
     (new_id,) = set(after) - set(before)
     assert after[new_id][1] == qa["question"]
     assert all(after[row_id] == place for row_id, place in before.items() if row_id != old_id)
+
+
+@pytest.mark.parametrize("stage, missing, previous", [
+    ("filter", "data/interim/extracted.parquet", "extract"),
+    ("merge", "data/interim/filtered.parquet", "filter"),
+    ("split", "data/interim/merged.jsonl", "merge"),
+])
+def test_a_stage_run_before_its_input_exists_says_which_stage_to_run(in_tmp, capsys, stage, missing, previous):
+    setup_workspace(in_tmp)
+    assert main([stage]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.splitlines() == [error]  # one line, no traceback
+    assert missing in error and f"run the {previous} stage first (dvc repro {previous})" in error
+
+
+def test_mna_path_pointing_at_a_folder_is_one_line(in_tmp, capsys):
+    setup_workspace(in_tmp)
+    (in_tmp / "folder").mkdir()
+    params = yaml.safe_load((in_tmp / "params.yaml").read_text(encoding="utf-8"))
+    params["data"]["mna_path"] = "folder"
+    (in_tmp / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    for stage in ("extract", "filter"):
+        assert main([stage]) == 0
+    capsys.readouterr()
+    assert main(["merge"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error == "mna-tune merge: error: folder: is a folder, expected the M&A QA JSON file (data.mna_path)"
+
+
+def test_the_next_run_removes_what_a_killed_run_left_and_outputs_are_readable(in_tmp):
+    """A killed stage leaves its temp files (a half-written Parquet): the next run of the stage
+    removes those of dead processes and leaves a live writer's alone. Outputs get the mode a
+    plain open() gives (0666 minus the umask), not mkstemp's 0600."""
+    import os
+
+    setup_workspace(in_tmp)
+    interim = in_tmp / "data/interim"
+    interim.mkdir(parents=True)
+    dead = 4_194_399  # above Linux's largest pid: no such process
+    stale = [interim / f".extracted.parquet.{dead}.k1ll3d00.tmp", interim / ".extracted.parquet.0ldst7le.tmp",
+             interim / f".extract_report.json.{dead}.abcdefgh.tmp"]
+    live = interim / f".extracted.parquet.{os.getpid()}.st1llgo1.tmp"
+    other = interim / f".extracted.parquet.bak.{dead}.abcdefgh.tmp"  # another file's temp: not ours to judge
+    for path in [*stale, live, other]:
+        path.write_bytes(b"PAR1 half written")
+    old = os.umask(0o007)
+    try:
+        assert main(["extract"]) == 0
+    finally:
+        os.umask(old)
+    assert not any(path.exists() for path in stale) and live.exists() and other.exists()
+    for name in ("extracted.parquet", "extract_report.json", "extract_rejects.jsonl"):
+        assert (interim / name).stat().st_mode & 0o777 == 0o660, name
+    current = os.umask(0o022)
+    os.umask(current)
+    assert main(["filter"]) == 0
+    assert (interim / "filtered.parquet").stat().st_mode & 0o777 == 0o666 & ~current
+
+
+def test_a_failed_write_leaves_no_temp_file(in_tmp):
+    from mna_tune.workspace import atomic_open
+
+    with pytest.raises(RuntimeError):
+        with atomic_open(in_tmp / "out/x.json") as out:
+            out.write("half")
+            raise RuntimeError("killed")
+    assert list((in_tmp / "out").iterdir()) == []

@@ -151,18 +151,21 @@ def test_full_repro_produces_every_output(base):
         assert rows and all([m["role"] for m in row["messages"]] == ["system", "user", "assistant"] for row in rows)
     assert (clone / "models/adapter/adapter_config.json").is_file()
     assert (clone / "models/adapter/adapter_model.safetensors").is_file()
-    extract = json.loads((clone / "metrics/extract.json").read_text())
+    extract = json.loads((clone / "reports/extract.json").read_text())
     assert extract["rows"] >= 300 and extract["source_files_skipped"] == 1
-    filtered = json.loads((clone / "metrics/filter.json").read_text())
+    filtered = json.loads((clone / "reports/filter.json").read_text())
     assert all(filtered["dropped"][reason] > 0 for reason in ("excluded_category", "echo", "below_min_score"))
-    assert json.loads((clone / "metrics/merge.json").read_text())["exact_duplicates_removed"] > 0
+    assert json.loads((clone / "reports/merge.json").read_text())["exact_duplicates_removed"] > 0
     evaluation = json.loads((clone / "metrics/eval.json").read_text())
     for name in ("adapter", "base", "delta"):
-        assert {"eval_loss", "rougeL_f1", "chrf", "korean_only_share", "domain_term_recall"} <= set(evaluation[name])
-    assert evaluation["model_version"] == 1 and evaluation["base_from_cache"] is False
+        assert set(evaluation[name]) == {"eval_loss", "rougeL_f1", "chrf", "korean_only_share"}
+    assert "model_version" not in evaluation and len(versions(clone)) == 1  # nothing store-specific in git
+    details = json.loads((clone / "reports/eval.json").read_text())
+    assert details["base_from_cache"] is False and "domain_term_recall" in details["overall"]["adapter"]
     assert "## By source" in (clone / "reports/eval.md").read_text()
-    shown = sh(clone, "dvc", "metrics", "show", "--json").stdout
-    assert "rougeL_f1" in shown and "eval_loss" in shown
+    shown = json.loads(sh(clone, "dvc", "metrics", "show", "--json").stdout)
+    files = {name for entry in shown.values() for name in entry["data"]}
+    assert files == {"metrics/eval.json", "metrics/train.json"}  # counts are reports, not metrics
 
 
 def test_each_stage_imported_only_code_its_dvc_deps_cover(base):
@@ -273,42 +276,79 @@ def test_second_repro_reruns_nothing(base):
     assert "up to date" in sh(clone, "dvc", "status").stdout
 
 
-def test_derived_clone_is_up_to_date(base, tmp_path):
+def test_param_changes_rerun_exactly_the_stages_that_read_them(base, tmp_path):
     clone = derive(base, tmp_path / "repo")
-    assert ran(sh(clone, "dvc", "repro")) == []
-
-
-def test_learning_rate_change_reruns_only_train_and_evaluate(base, tmp_path):
-    clone = derive(base, tmp_path / "repo")
-    set_param(clone, "train.learning_rate", 0.001)
-    set_param(clone, "train.max_steps", 4)
-    assert ran(sh(clone, "dvc", "repro")) == ["train", "evaluate"]
-
-
-def test_min_score_change_reruns_filter_onward(base, tmp_path):
-    clone = derive(base, tmp_path / "repo")
+    assert ran(sh(clone, "dvc", "repro")) == []  # derive gives base's state: nothing to rerun
     set_param(clone, "filter.min_score", 20)
     set_param(clone, "train.max_steps", 4)
     assert ran(sh(clone, "dvc", "repro")) == ["filter", "merge", "split", "train", "evaluate"]
+    set_param(clone, "train.learning_rate", 0.001)
+    assert ran(sh(clone, "dvc", "repro")) == ["train", "evaluate"]
 
 
-def test_exp_run_and_exp_show(base, tmp_path):
+def test_exp_show_compares_two_learning_rates_and_the_run_cache_adds_no_version(base, tmp_path):
     clone = derive(base, tmp_path / "repo")
-    before = len(versions(clone))
-    sh(clone, "dvc", "exp", "run", "-n", "lora-r16", "-S", "lora.r=16", *QUICK)
+    for name, rate in (("lr-a", "0.003"), ("lr-b", "0.005")):
+        sh(clone, "dvc", "exp", "run", "-n", name, "-S", f"train.learning_rate={rate}", *QUICK)
+    assert json.loads((clone / "reports/eval.json").read_text())["base_from_cache"] is True  # base reused
+    table = sh(clone, "dvc", "exp", "show", "--only-changed", "--csv").stdout.splitlines()
+    header = table[0].split(",")
+    assert len(header) <= 25 and "train.learning_rate" in header, header
+    assert any(column.startswith("adapter.") for column in header)  # a figure that moved
     shown = json.loads(sh(clone, "dvc", "exp", "show", "--json").stdout)
-    text = json.dumps(shown)
-    assert "lora-r16" in text and "rougeL_f1" in text
-    exps = [exp for entry in shown for exp in (entry.get("experiments") or [])]
-    runs = [run for exp in exps for run in (exp.get("revs") or [])]
-    r16 = [run for run in runs if run.get("name") == "lora-r16"]
-    assert r16 and r16[0]["data"]["params"]["params.yaml"]["data"]["lora"]["r"] == 16
-    r16_eval = r16[0]["data"]["metrics"]["metrics/eval.json"]["data"]
-    assert "rougeL_f1" in r16_eval["delta"] and r16_eval["base_from_cache"] is True  # base reused
-    baseline = shown[0]["data"]["metrics"]["metrics/eval.json"]["data"]
-    assert "rougeL_f1" in baseline["delta"]  # a second experiment's deltas, side by side
-    assert len(versions(clone)) == before + 1
-    assert json.loads((clone / "models/adapter/adapter_config.json").read_text())["r"] == 16
+    runs = [run for entry in shown for exp in (entry.get("experiments") or []) for run in (exp.get("revs") or [])]
+    lr_b = next(run for run in runs if run.get("name") == "lr-b")
+    assert lr_b["data"]["params"]["params.yaml"]["data"]["train"]["learning_rate"] == 0.005
+    assert "rougeL_f1" in lr_b["data"]["metrics"]["metrics/eval.json"]["data"]["delta"]
+    new = versions(clone)
+    assert len(new) == 2 and {v.tags["git_dirty"] for v in new} == {"false"}  # a fresh clone: no edit
+    assert all(len(v.tags) <= 15 for v in new)
+
+    # lr-a's training params again with another evaluation setting: DVC restores train from
+    # its run cache, and evaluate finds lr-a's adapter registered: no third version, no tag
+    # of lr-a's run rewritten.
+    first = new[0]
+    tags_before = client(clone).get_run(first.run_id).data.tags
+    again = sh(clone, "dvc", "exp", "run", "-n", "again", "-S", "train.learning_rate=0.003", *QUICK,
+               "-S", "evaluate.max_new_tokens=16")
+    assert "Restored stage 'train' from run-cache" in again.stdout and ran(again) == ["evaluate"]
+    assert f"already registered as v{first.version}" in again.stdout
+    assert len(versions(clone)) == 2
+    tags_after = client(clone).get_run(first.run_id).data.tags
+    assert tags_after["registered_version"] == tags_before["registered_version"] == first.version
+
+
+def test_two_experiments_in_one_workspace_never_leave_a_lying_lock(base, tmp_path):
+    """The second `dvc exp run` starts while the first trains: whatever DVC allows, afterwards
+    the workspace's params, lock, adapter and MLflow run agree."""
+    import time
+
+    from mna_tune.registry.lineage import workspace_md5
+
+    clone = derive(base, tmp_path / "repo")
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    with logs[0].open("w") as out:
+        first = subprocess.Popen(["dvc", "exp", "run", "-n", "first", "-S", "train.learning_rate=0.001",
+                                  "-S", "train.max_steps=12"], stdout=out, stderr=subprocess.STDOUT,
+                                 **sh_env(clone))
+    wait_until(lambda: "Running stage 'train'" in logs[0].read_text(), 300, "the first experiment's train stage",
+               alive=lambda: first.poll() is None)
+    time.sleep(3)
+    second = sh(clone, "dvc", "exp", "run", "-n", "second", "-S", "train.learning_rate=0.002", *QUICK, check=False)
+    logs[1].write_text(second.stdout + second.stderr)
+    first.wait(timeout=900)
+    outcomes = (first.returncode, second.returncode)
+    assert 0 in outcomes, [log.read_text()[-2000:] for log in logs]
+    if first.returncode != 0:  # refused by the guard: one clear line, nothing recorded for it
+        assert "changed while the train stage ran" in logs[0].read_text()
+    params = yaml.safe_load((clone / "params.yaml").read_text())["train"]["learning_rate"]
+    locked = lock(clone)["train"]
+    assert locked["params"]["params.yaml"]["train"]["learning_rate"] == params
+    adapter = next(item["md5"] for item in locked["outs"] if item["path"] == "models/adapter")
+    assert adapter == workspace_md5(clone / "models/adapter")
+    run_id = json.loads((clone / "models/train_run.json").read_text())["run_id"]
+    assert float(client(clone).get_run(run_id).data.params["train.learning_rate"]) == params
+    assert "up to date" in sh(clone, "dvc", "status").stdout
 
 
 def test_temp_experiment_logs_into_the_same_store(base, tmp_path):
@@ -362,6 +402,7 @@ def test_queued_experiments_run_concurrently_in_temp_copies_and_share_the_store(
         assert logged.artifact_location.startswith((clone / "mlartifacts").as_uri())
         assert list(Path(logged.artifact_location.removeprefix("file://")).rglob("adapter_config.json"))
     assert not list((clone / ".dvc/tmp/exps").rglob("mlflow.db"))
+    assert {v.tags["git_dirty"] for v in new} == {"false"}
 
 
 def test_team_setup_remote_store_and_dvc_remote(base, tmp_path):

@@ -45,3 +45,52 @@ def test_compare_gives_groups_and_deltas():
     assert groups["source"]["mna"]["delta"]["exact_match"] == 1.0
     assert groups["source"]["aihub"]["delta"]["exact_match"] == 0.0
     assert set(groups["category"]) == {"M&A", "사회"}
+
+
+def test_domain_term_precision_counts_the_terms_the_answer_uses():
+    from mna_tune.evaluation.scoring import add_row_details
+
+    predictions = ["합병은 이사회와 주주총회가 정합니다", "이사회입니다", ""]
+    raw = ["합병은 이사회와 주주총회가 정합니다", "이사회입니다", ""]
+    references = ["합병은 이사회가 승인합니다", "합병입니다", "합병입니다"]
+    scores = score_rows(predictions, raw, references, TERMS)
+    summary = summarise([(1.0, 1)] * 3, scores, predictions, references)
+    # used 3 + 1 + 0 terms, of which 2 + 0 are the reference's; the references hold 2 + 1 + 1
+    assert summary["domain_term_precision"] == pytest.approx(2 / 4)
+    assert summary["domain_term_recall"] == pytest.approx(2 / 4)
+    assert summary["empty_answer_share"] == pytest.approx(1 / 3)
+    rows = [{} for _ in predictions]
+    add_row_details(rows, {"adapter": scores})
+    assert rows[0]["adapter_domain_term_precision"] == pytest.approx(2 / 3)
+    assert rows[1]["adapter_domain_term_precision"] == 0.0 and rows[1]["adapter_domain_term_recall"] == 0.0
+    assert rows[2]["adapter_domain_term_precision"] is None and rows[2]["adapter_empty"] == "stopped at once"
+
+
+def test_no_domain_term_in_any_answer_leaves_precision_out():
+    scores = score_rows(["네"], ["네"], ["합병입니다"], TERMS)
+    summary = summarise([(1.0, 1)], scores, ["네"], ["합병입니다"])
+    assert "domain_term_precision" not in summary and summary["domain_term_recall"] == 0.0
+
+
+def test_consistency_is_the_mean_pairwise_rouge_l_of_the_samples():
+    from mna_tune.evaluation.korean_metrics import rouge_l_f1
+
+    predictions, references = ["회사를 합병했다", "합병"], ["회사를 합병했다", "합병"]
+    samples = [["회사를 합병했다", "회사를 인수했다", "<think></think>회사를 합병했다"], ["합병", "합병"]]
+    scores = score_rows(predictions, predictions, references, TERMS, samples)
+    five_sixths = rouge_l_f1(["회사를 인수했다"], ["회사를 합병했다"])[0]
+    # pairs: (합병, 인수) 5/6, (합병, 합병) 1, (인수, 합병) 5/6; the think block is stripped
+    assert scores[0]["consistency_rougeL"] == pytest.approx((2 * five_sixths + 1) / 3)
+    assert scores[1]["consistency_rougeL"] == 1.0
+    summary = summarise([(1.0, 1)] * 2, scores, predictions, references)
+    assert summary["consistency_rougeL"] == pytest.approx(((2 * five_sixths + 1) / 3 + 1) / 2, abs=1e-6)
+    assert "consistency_rougeL" not in summarise([(1.0, 1)] * 2, score_rows(predictions, predictions, references,
+                                                                            TERMS), predictions, references)
+
+
+@pytest.mark.parametrize("raw, reason", [("", "stopped at once"), ("\n\n", "only whitespace"),
+                                         ("<think>\n음\n</think>\n\n", "only a think block"), ("답", None)])
+def test_empty_answers_have_a_reason(raw, reason):
+    from mna_tune.evaluation.scoring import empty_reason
+
+    assert empty_reason(raw) == reason

@@ -255,3 +255,27 @@ def test_the_columnar_fast_path_gives_exactly_the_rows_of_the_checked_path():
     for broken in ({"contents": []}, [{"data_category": {"middle": 3}, "contents": []}],
                    [other_doc("사회", [("질문", None)])], [{**other_doc("사회"), "contents": {"QA": []}}]):
         assert other_columns(unit, broken if isinstance(broken, list) else broken, {}) is None
+
+
+def test_same_named_entries_of_an_appended_archive_are_all_read(tmp_path):
+    """Appending to a zip can leave two entries of one name (legal): both are read, by their own
+    directory record, and the report tells them apart."""
+    import warnings
+
+    standard_tree(tmp_path / "dl")
+    zip_every_archive(tmp_path / "dl")
+    archive = tmp_path / "dl" / OTHER_DIR.rsplit("/", 1)[0] / "Other.zip"
+    later = [other_doc("사회", [("영업양도란?", "영업을 통째로 넘기는 것입니다.")]),
+             other_doc("사회", [("실사란?", "회사를 조사하는 것입니다."), ("PMI란?", "인수 후 통합입니다.")])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns "Duplicate name"
+        with zipfile.ZipFile(archive, "a") as out:
+            out.writestr("/OT-1.json", json.dumps(later, ensure_ascii=False))
+    metrics, rows, _, report = extract(tmp_path, tmp_path / "dl")
+    other = [(r["entry"], r["question"]) for r in rows if r["kind"] == "other"]
+    assert other == [("/OT-1.json [1 of 2]", "합병이란 무엇인가요?"), ("/OT-1.json [1 of 2]", "공개매수란?"),
+                     ("/OT-1.json [1 of 2]", "축구 경기는 몇 명이 하나요?"), ("/OT-1.json [2 of 2]", "영업양도란?"),
+                     ("/OT-1.json [2 of 2]", "실사란?"), ("/OT-1.json [2 of 2]", "PMI란?")]
+    assert metrics["rows"] == 11 and metrics["rows_by_kind"]["other"] == 6
+    units = {u["unit"]: u["rows"] for u in report["qa_units"] if u["kind"] == "other"}
+    assert units == {"Other/Other.zip :: /OT-1.json [1 of 2]": 3, "Other/Other.zip :: /OT-1.json [2 of 2]": 3}

@@ -66,19 +66,21 @@ def champion(registry):
 def test_gate_pass_moves_champion_and_fail_leaves_it(registry):
     rule = gate(min_delta=0.01)
     v1 = registry.register_for_test(0.30)
-    assert apply_gate(registry, v1, {"rougeL_f1": 0.30, "korean_only_share": 1.0}, BASE, rule).passed
+    assert apply_gate(registry, v1, {"rougeL_f1": 0.30, "korean_only_share": 1.0}, BASE, rule, None, "split a").passed
     assert champion(registry) == v1
 
-    v2 = registry.register_for_test(0.305)  # +0.005 < 0.01: not good enough
-    decision = apply_gate(registry, v2, {"rougeL_f1": 0.305, "korean_only_share": 1.0}, BASE, rule)
+    v2 = registry.register_for_test(0.305)  # +0.005 < 0.01 over the champion on the same split
+    decision = apply_gate(registry, v2, {"rougeL_f1": 0.305, "korean_only_share": 1.0}, BASE, rule,
+                          (v1, {"rougeL_f1": 0.30}), "split a")
     assert not decision.passed and champion(registry) == v1
     assert str(registry.alias_version(CANDIDATE).version) == v2
     tags = registry.version(v2).tags
-    assert tags["gate.passed"] == "false" and f"champion v{v1}" in tags["gate.reason"]
+    assert tags["gate.passed"] == "false" and f"champion v{v1}" in tags["gate.reason"] and "split a" in tags["gate.reason"]
 
     v3 = registry.register_for_test(0.35)
-    assert apply_gate(registry, v3, {"rougeL_f1": 0.35, "korean_only_share": 1.0}, BASE, rule).passed
-    assert champion(registry) == v3 and registry.version(v3).tags["gate.decided_by"] == "gate"
+    assert apply_gate(registry, v3, {"rougeL_f1": 0.35, "korean_only_share": 1.0}, BASE, rule,
+                      (v1, {"rougeL_f1": 0.30}), "split a").passed
+    assert champion(registry) == v3 and registry.version(v3).tags["gate.decision"].startswith("passed by gate at")
 
 
 def test_manual_promote_and_rollback(registry):
@@ -90,12 +92,14 @@ def test_manual_promote_and_rollback(registry):
     assert promote(registry, "@candidate", "override: legal asked for it", "cli") == v1  # @candidate is v2
     assert champion(registry) == v2 and registry.version(v2).tags["gate.reason"] == "override: legal asked for it"
     assert rollback(registry, "v2 regressed") == (v2, v1)
-    assert champion(registry) == v1 and registry.version(v2).tags["rollback.reason"] == "v2 regressed"
+    assert champion(registry) == v1 and registry.version(v2).tags["gate.decision"].endswith("v2 regressed")
 
 
 def test_unknown_version_is_one_line(registry):
     registry.register_for_test(0.3)
     with pytest.raises(ValueError, match=r"gate-test: no model version '7' .*\(registered: v1\)"):
         promote(registry, "7", "typo", "cli")
-    with pytest.raises(ValueError, match="no model version '@champion'"):
+    with pytest.raises(ValueError, match=r"no version is champion yet.*mna-tune promote 1.*@candidate"):
         registry.version("@champion")
+    with pytest.raises(ValueError, match="no model version '@typo'"):
+        registry.version("@typo")

@@ -45,3 +45,16 @@ def test_korean_only(text, korean_only):
 def test_hangul_share():
     assert hangul_share("M&A는 합병입니다") == pytest.approx(6 / 8)
     assert hangul_share("ㄱㄴ") == 1.0  # compatibility jamo count as Hangul
+
+
+def test_domain_term_counts_and_pairwise_rouge():
+    import re
+
+    from mna_tune.evaluation.korean_metrics import domain_term_counts, mean_pairwise_rouge_l
+
+    terms = re.compile("주주총회|합병|이사회")
+    assert domain_term_counts("합병은 이사회와 주주총회가", "합병은 이사회가", terms) == (2, 2, 3)
+    assert domain_term_counts("네", "합병", terms) == (0, 1, 0)
+    assert mean_pairwise_rouge_l(["회사를 합병했다"]) is None
+    assert mean_pairwise_rouge_l(["", " "]) == 1.0  # identical (empty) answers agree
+    assert mean_pairwise_rouge_l(["회사를 합병했다", "회사를 인수했다"]) == pytest.approx(5 / 6)

@@ -27,7 +27,7 @@ def test_two_cpu_processes_train_one_adapter(tmp_path):
     assert "train: 2 processes" in log
 
     metrics = json.loads((tmp_path / "metrics/train.json").read_text())
-    assert metrics["processes"] == 2 and metrics["steps"] == 2 and metrics["train_loss"] > 0
+    assert metrics["steps"] == 2 and metrics["train_loss"] > 0
     PeftModel.from_pretrained(load_base_model(tiny_params().model), str(tmp_path / "models/adapter"))
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

@@ -1,6 +1,7 @@
 """Packing and padding-free batches keep every row to itself: the loss of a packed batch
 is exactly the token-weighted loss of its rows run one by one, and the learned tokens are
-the same answer spans. Batches come from the train stage's own trainer (build_trainer)."""
+the same answer spans. Batches come from the train stage's own trainer (build_trainer),
+and its compute_loss gives the same sum."""
 
 import pytest
 import torch
@@ -77,6 +78,10 @@ def test_packed_batches_keep_rows_apart(tmp_path, qwen3_tokenizer, one_by_one, m
     expected_total, expected_count, expected_spans = one_by_one
     assert count == expected_count and sorted(spans) == expected_spans  # the same answer tokens, no more
     assert total == pytest.approx(expected_total, rel=1e-4)
+    with torch.no_grad():  # the loss training really computes (the kept-token head), as a sum
+        trained = sum(float(trainer.compute_loss(trainer.model, dict(b), num_items_in_batch=torch.tensor(1)))
+                      for b in batches)
+    assert trained == pytest.approx(expected_total, rel=1e-4)
 
     # The check can fail: let the rows of one batch attend to each other and the losses move.
     crossed = dict(batches[0])
@@ -84,11 +89,20 @@ def test_packed_batches_keep_rows_apart(tmp_path, qwen3_tokenizer, one_by_one, m
     assert (token_losses(trainer.model, crossed) - token_losses(trainer.model, batches[0])).abs().max() > 1e-2
 
 
-def test_packing_trains_through_the_stage(workspace):
+def test_packing_trains_through_the_stage(workspace, monkeypatch):
     import json
 
-    from mna_tune.training.train import run_train
+    from mna_tune.training import train
 
-    metrics = run_train(tiny_params(packing=True, max_steps=2))
-    assert metrics["packing"] is True and metrics["steps"] == 2 and metrics["train_loss"] > 0
-    assert json.loads((workspace / "metrics/train.json").read_text())["packing"] is True
+    built = []
+
+    def recording(*args, **kwargs):
+        built.append(train_build(*args, **kwargs))
+        return built[-1]
+
+    train_build = train.build_trainer
+    monkeypatch.setattr(train, "build_trainer", recording)
+    metrics = train.run_train(tiny_params(packing=True, max_steps=2))
+    assert built[0].args.packing and "seq_lengths" in built[0].train_dataset.column_names  # rows really packed
+    assert metrics["steps"] == 2 and metrics["train_loss"] > 0
+    assert json.loads((workspace / "metrics/train.json").read_text())["steps"] == 2

@@ -71,3 +71,47 @@ def test_changed_data_or_params_start_fresh(workspace):
     with (workspace / "data/processed/train.jsonl").open("a", encoding="utf-8") as handle:
         handle.write((workspace / "data/processed/val.jsonl").read_text(encoding="utf-8"))
     assert checkpoint_dir(params) != base
+
+
+def test_a_killed_run_replaced_by_other_params_ends_killed(tmp_path):
+    """No MLflow run is left RUNNING: a train killed with SIGKILL, then a train with other
+    params (which cannot resume it) marks the first run KILLED and drops its checkpoints."""
+    import mlflow
+
+    root = prepare(tmp_path / "repo")
+    process = subprocess.Popen(**train_command(root))
+    deadline = time.monotonic() + 300
+    while not list(root.glob(".cache/checkpoints/*/checkpoint-6/trainer_state.json")):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_run = json.loads(next(root.glob(".cache/checkpoints/*/mlflow_run.json")).read_text())["run_id"]
+
+    write_params(root, tiny_params(max_steps=2, learning_rate=0.01))
+    done = subprocess.run(**train_command(root))
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert f"MLflow run {killed_run} was left RUNNING" in done.stdout
+    client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
+    assert client.get_run(killed_run).info.status == "KILLED"
+    statuses = {run.info.status for run in client.search_runs([client.get_run(killed_run).info.experiment_id])}
+    assert statuses == {"KILLED", "FINISHED"}
+    assert not list(root.glob(".cache/checkpoints/*"))
+
+
+def test_a_failure_after_the_run_started_ends_it_failed(workspace, monkeypatch):
+    import mlflow
+    import pytest
+
+    from mna_tune.training import train
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the trainer could not be built")
+
+    monkeypatch.setattr(train, "build_trainer", broken)
+    with pytest.raises(RuntimeError):
+        train.run_train(tiny_params())
+    client = mlflow.MlflowClient(f"sqlite:///{workspace}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name(tiny_params().mlflow.experiment).experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: the trainer could not be built"
+    assert not list(workspace.glob(".cache/checkpoints/*"))  # nothing to resume: nothing left behind

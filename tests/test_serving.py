@@ -45,24 +45,40 @@ def test_pyfunc_from_the_registry_answers_questions_and_messages(registered, wor
     assert json.loads(next(local.rglob("serving_config.json")).read_text())["base"] == "tiny-qwen3"
 
 
-def _call(url: str, body: dict | None = None) -> dict:
+def _call(url: str, body: dict | None = None, key: str | None = None) -> tuple[int, dict]:
+    """(status, JSON body) of a request; error statuses are returned, not raised."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
 
 
-def test_openai_compatible_server_on_loopback(registered, workspace):
+def test_openai_compatible_server_on_loopback(registered, workspace, tmp_path):
+    """`mna-tune serve` end to end: the registered version, the API key from the environment
+    (never printed), answers equal to `ask`, errors in OpenAI's shape. Limits, streaming and
+    shutdown are tested in test_server.py."""
     write_params(workspace, registered)
-    port = free_port()
-    server = subprocess.Popen(["mna-tune", "serve", "--model", "@candidate", "--port", str(port)], cwd=workspace,
-                              env=cli_env(workspace), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port, key = free_port(), "test-key-0f3a9c"
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(["mna-tune", "serve", "--model", "@candidate", "--port", str(port)], cwd=workspace,
+                                  env=cli_env(workspace, MNA_TUNE_API_KEY=key), stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"
     try:
-        models = wait_until(lambda: _call(f"{base}/models"), 120, "mna-tune serve", alive=lambda: server.poll() is None)
-        assert models["data"][0]["id"].startswith(registered.mlflow.registered_model)
-        reply = _call(f"{base}/chat/completions", {"model": "x", "messages": [{"role": "user", "content": QA[0][0]}]})
-        assert reply["object"] == "chat.completion"
+        status, models = wait_until(lambda: _call(f"{base}/models", key=key), 120, "mna-tune serve",
+                                    alive=lambda: server.poll() is None)
+        name = models["data"][0]["id"]
+        assert status == 200 and name.startswith(registered.mlflow.registered_model)
+        status, refused = _call(f"{base}/models")
+        assert status == 401 and refused["error"]["code"] == "invalid_api_key"
+
+        question = {"messages": [{"role": "user", "content": QA[0][0]}]}
+        status, reply = _call(f"{base}/chat/completions", {"model": name, **question}, key=key)
+        assert status == 200 and reply["object"] == "chat.completion" and reply["model"] == name
         message = reply["choices"][0]["message"]
         assert message["role"] == "assistant" and isinstance(message["content"], str)
         assert reply["usage"]["prompt_tokens"] > 10
@@ -70,12 +86,17 @@ def test_openai_compatible_server_on_loopback(registered, workspace):
         from mna_tune.serving.ask import ask
 
         assert message["content"] == ask(registered, QA[0][0])
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            _call(f"{base}/chat/completions", {"messages": [{"role": "assistant", "content": "답"}]})
-        assert refused.value.code == 400
+        assert _call(f"{base}/chat/completions", question, key=key)[1]["choices"] == reply["choices"]  # model omitted
+        status, refused = _call(f"{base}/chat/completions", {"messages": [{"role": "assistant", "content": "답"}]},
+                                key=key)
+        assert status == 400 and refused["error"]["param"] == "messages"
+        status, refused = _call(f"{base}/chat/completions", {"model": "x", **question}, key=key)
+        assert status == 404 and refused["error"]["code"] == "model_not_found"
     finally:
         server.terminate()
         server.wait(timeout=30)
+    printed = log.read_text(encoding="utf-8")
+    assert f"serve: {name} on http://127.0.0.1:{port}" in printed and key not in printed
 
 
 def test_local_base_folder_is_referenced_not_copied(workspace):

@@ -117,3 +117,35 @@ def test_a_chain_of_templated_questions_is_refused(tmp_path):
              "messages": build_messages(f"질문 {i}번은 무엇인가요?", "답")} for i in range(100)]
     with pytest.raises(ValueError, match="chain into one near-twin group.*raise split.leakage_threshold"):
         run(tmp_path, data)
+
+
+def test_templated_questions_are_split_within_the_budgets(tmp_path, monkeypatch):
+    """Questions from a 40-word vocabulary: the pair search and the nearest-train lookup both
+    run bounded (said in the metrics); repeated questions still share a split and every
+    held-out question still gets a leakage entry."""
+    import random
+
+    from mna_tune.data import similarity, split
+
+    rng = random.Random(3)
+    vocabulary = [f"{a}{b}" for a in "합병분할인수주식매수공시" for b in "가나다"][:40]
+    faq = [" ".join(rng.sample(vocabulary, 6)) + "은 무엇인가요?" for _ in range(100)]
+    questions = [rng.choice(faq) if i % 4 == 0 else " ".join(rng.sample(vocabulary, 6)) + "은 무엇인가요?"
+                 for i in range(6000)]
+    data = [{"id": content_id(q, f"답 {i}"), "source": "aihub", "category": "사회",
+             "messages": build_messages(q, f"답 {i}")} for i, q in enumerate(questions)]
+    monkeypatch.setattr(similarity, "PAIR_BUDGET", 100_000)
+    monkeypatch.setattr(split, "NEAREST_WORK", 1_000)
+    metrics, splits = run(tmp_path, data, leakage_threshold=0.95)
+    leakage = metrics["leakage"]
+    assert leakage["pair_search"]["exact"] is False and leakage["pair_search"]["candidate_pairs"] <= 100_000
+    assert leakage["pair_search"]["candidate_pairs_skipped"] > 1_000_000
+    assert leakage["nearest_train_search"] == "candidates"
+    where = {}
+    for name, part in splits.items():
+        for row in part:
+            where.setdefault(row["messages"][1]["content"], set()).add(name)
+    assert all(len(names) == 1 for names in where.values())  # repeats of a question never straddle splits
+    report = list(read_jsonl(tmp_path / "leakage.jsonl"))
+    assert len(report) == leakage["held_out_rows"] == len(splits["val"]) + len(splits["test"])
+    assert leakage["above_threshold"] == 0 and sum(e["nearest_train_id"] is not None for e in report) > len(report) / 2

@@ -2,6 +2,7 @@
 and registry version. The full pipeline runs in test_e2e_dvc.py."""
 
 import json
+import subprocess
 
 import pytest
 
@@ -53,7 +54,8 @@ def test_train_writes_a_peft_adapter_and_logs_to_mlflow(workspace):
     assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                              "down_proj"}
     PeftModel.from_pretrained(load_base_model(tiny_params().model), str(adapter))
-    assert metrics["steps"] == 3 and metrics["train_rows"] == 8 and metrics["val_loss"] > 0
+    assert set(metrics) == {"train_loss", "val_loss", "steps"}  # the DVC metrics: nothing that varies by run
+    assert metrics["steps"] == 3 and metrics["val_loss"] > 0
     assert json.loads((workspace / "metrics/train.json").read_text()) == metrics
 
     run_id = json.loads((workspace / "models/train_run.json").read_text())["run_id"]
@@ -61,6 +63,7 @@ def test_train_writes_a_peft_adapter_and_logs_to_mlflow(workspace):
     run = client.get_run(run_id)
     assert run.data.params["lora.r"] == "8" and run.data.params["model.base"] == "tiny-qwen3"
     assert len(client.get_metric_history(run_id, "train/loss")) == 3  # one point per step
+    assert run.data.metrics["train_rows"] == 8 and run.data.metrics["train_seconds"] > 0  # timings: MLflow only
     assert "adapter_model.safetensors" in [f.path.split("/")[-1] for f in client.list_artifacts(run_id, "adapter")]
 
 
@@ -82,14 +85,17 @@ def test_evaluate_compares_base_and_adapter_and_registers_a_version(workspace):
     params = tiny_params()
     run_train(params)
     metrics = run_evaluate(params)
-    assert metrics["test_rows"] == 2 and metrics["generated_rows"] == 2 and metrics["base_from_cache"] is False
+    details = json.loads((workspace / "reports/eval.json").read_text())
+    assert details["test_rows"] == 2 and details["generated_rows"] == 2 and details["base_from_cache"] is False
     for name in ("adapter", "base"):
         assert metrics[name]["eval_loss"] > 0 and 0 <= metrics[name]["rougeL_f1"] <= 1
-        assert 0 <= metrics[name]["korean_only_share"] <= 1 and metrics[name]["gen_tokens_per_second"] > 0
+        assert 0 <= details["overall"][name]["korean_only_share"] <= 1
+        assert "gen_tokens_per_second" not in details["overall"][name]  # a timing: MLflow only
     assert metrics["delta"]["eval_loss"] == pytest.approx(metrics["adapter"]["eval_loss"] - metrics["base"]["eval_loss"],
                                                           abs=1e-5)
-    groups = json.loads((workspace / "metrics/eval_groups.json").read_text())
-    assert set(groups["source"]) == {"mna"} and set(groups["category"]) == {"M&A"}
+    assert metrics["rows"] == {"train": 8, "val": 2, "test": 2}
+    assert set(metrics) == {"adapter", "base", "delta", "gate_passed", "rows"}  # headline figures only
+    assert set(details["by_group"]["source"]) == {"mna"} and set(details["by_group"]["category"]) == {"M&A"}
     predictions = [json.loads(line) for line in (workspace / "reports/predictions.jsonl").read_text().splitlines()]
     assert [p["question"] for p in predictions] == [q for q, _ in QA[2:]]
     assert all("<think>" not in p["adapter"] and "base" in p for p in predictions)
@@ -98,10 +104,12 @@ def test_evaluate_compares_base_and_adapter_and_registers_a_version(workspace):
 
     client = mlflow.MlflowClient(f"sqlite:///{workspace}/mlflow.db")
     name = params.mlflow.registered_model
-    version = client.get_model_version(name, str(metrics["model_version"]))
+    (version,) = client.search_model_versions(f"name='{name}'")
+    version = client.get_model_version(name, version.version)
     run_id = json.loads((workspace / "models/train_run.json").read_text())["run_id"]
     assert version.run_id == run_id and version.source.startswith("models:/")  # a logged pyfunc model
     assert version.tags["lineage.verified"] == "false"  # no dvc.lock here: nothing vouches for the data
+    assert len(version.tags) <= 15 and "adapter.md5" in version.tags
     assert client.get_model_version_by_alias(name, "candidate").version == version.version
     # tiny-qwen3 writes no Korean: the default gate (Korean-only >= 0.9) keeps it from champion
     assert metrics["gate_passed"] is False and version.tags["gate.passed"] == "false"
@@ -110,6 +118,7 @@ def test_evaluate_compares_base_and_adapter_and_registers_a_version(workspace):
         client.get_model_version_by_alias(name, "champion")
     run = client.get_run(run_id)
     assert run.data.metrics["eval/adapter/eval_loss"] == pytest.approx(metrics["adapter"]["eval_loss"])
+    assert run.data.metrics["eval/adapter/gen_tokens_per_second"] > 0
     artifacts = [f.path for f in client.list_artifacts(run_id, "eval")]
     assert "eval/eval.md" in artifacts and "eval/predictions.json" in artifacts
     from mna_tune.registry.registry import Registry
@@ -118,9 +127,56 @@ def test_evaluate_compares_base_and_adapter_and_registers_a_version(workspace):
     assert (adapter / "adapter_model.safetensors").read_bytes() == \
         (workspace / "models/adapter/adapter_model.safetensors").read_bytes()
 
-    again = run_evaluate(params)  # the base model's outputs now come from the cache
-    assert again["base_from_cache"] is True and again["base"] == {**metrics["base"],
-                                                                  "gen_tokens_per_second": again["base"]["gen_tokens_per_second"]}
+    # Evaluating the same adapter again (a run-cache restore) registers nothing new and
+    # rewrites no tag of the run; the base model's outputs now come from the cache.
+    tags_before = client.get_run(run_id).data.tags
+    again = run_evaluate(params)
+    assert json.loads((workspace / "reports/eval.json").read_text())["base_from_cache"] is True
+    assert again["base"] == metrics["base"]
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
+    after = client.get_run(run_id).data.tags
+    assert {k: v for k, v in after.items() if not k.startswith("gate.")} == \
+        {k: v for k, v in tags_before.items() if not k.startswith("gate.")}
+
+
+def one_error_line(stderr: str) -> str:
+    """The CLI's error: exactly one line, and no traceback (libraries may log around it)."""
+    assert "Traceback" not in stderr
+    (line,) = [line for line in stderr.splitlines() if line.startswith("mna-tune ")]
+    return line
+
+
+def test_no_champion_is_one_line_with_the_ways_on(workspace, capsys):
+    from mna_tune.cli import main
+    from mna_tune.evaluation.evaluate import run_evaluate
+    from mna_tune.training.train import run_train
+
+    from helpers import cli_env, write_params
+
+    params = tiny_params()
+    write_params(workspace, params)
+    run_train(params)
+    run_evaluate(params)  # the gate refuses tiny-qwen3 (no Korean)
+    for command in (["ask", "합병이란?", "--model", "@champion"], ["audit", "@champion"],
+                    ["export", "--merged", str(workspace / "out"), "--model", "@champion"]):
+        assert main(command) == 1
+        error = one_error_line(capsys.readouterr().err)
+        assert "no version is champion yet" in error
+        assert "mna-tune promote 1" in error and "@candidate" in error and "Korean-only share" in error
+    assert main(["promote", "7"]) == 1
+    assert "no model version '7'" in capsys.readouterr().err
+
+    # A deleted store: one line, before any model work (a new process: MLflow caches open stores)
+    (workspace / "mlflow.db").rename(workspace / "elsewhere.db")
+    done = subprocess.run(["mna-tune", "evaluate"], cwd=workspace, env=cli_env(workspace), capture_output=True,
+                          text=True, timeout=300)
+    error = one_error_line(done.stderr)
+    assert done.returncode == 1 and "is not in sqlite:///" in error and "dvc repro -f train" in error
+    (workspace / "models/train_run.json").unlink()  # a stage whose input is missing
+    assert main(["evaluate"]) == 1
+    assert one_error_line(capsys.readouterr().err) == (
+        "mna-tune evaluate: error: models/train_run.json: not found; run the stages before it first "
+        "(dvc repro evaluate)")
 
 
 def test_export_merged_loads_in_plain_transformers_and_ask_answers(workspace):
@@ -165,3 +221,86 @@ def test_rows_over_max_length_are_dropped_or_kept_whole_never_cut(qwen3_tokenize
         assert records == [short] and max_length == cap
     else:
         assert records == [short, long] and max_length == length(long)  # the end-of-turn token survives
+
+
+def test_gate_compares_candidate_and_champion_on_the_same_test_split(workspace):
+    """After a data change the champion's stored figures come from another test split: the
+    champion's adapter is evaluated on the new split first, and the decision says so."""
+    import mlflow
+
+    from mna_tune.evaluation.evaluate import run_evaluate
+    from mna_tune.registry.promotion import promote
+    from mna_tune.registry.registry import Registry
+    from mna_tune.training.train import run_train
+    from mna_tune.workspace import write_jsonl
+
+    from helpers import chat_rows
+
+    params = tiny_params()
+    run_train(params)
+    run_evaluate(params)
+    registry = Registry(params.mlflow)
+    promote(registry, "1", "accepted by hand for the test", "cli")
+
+    write_jsonl(workspace / "data/processed/test.jsonl", chat_rows(QA[1:]))  # a changed test split
+    other = tiny_params(learning_rate=0.05)  # another adapter: a second version
+    run_train(other)
+    run_evaluate(other)
+    reason = registry.version("2").tags["gate.reason"]
+    assert "champion v1 re-evaluated on it" in reason
+    client = mlflow.MlflowClient(f"sqlite:///{workspace}/mlflow.db")
+    assert len(client.search_model_versions(f"name='{params.mlflow.registered_model}'")) == 2
+
+
+def test_git_dirty_counts_code_params_and_inputs_not_pipeline_outputs(tmp_path, monkeypatch):
+    import subprocess
+
+    from mna_tune.registry.tracking import git_info
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    git = lambda *args: subprocess.run(["git", *args], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    for name in ("params.yaml", "dvc.lock", "metrics/eval.json", "src/code.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("a\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    outputs = tiny_params().paths.outputs()
+    (tmp_path / "dvc.lock").write_text("b\n")
+    (tmp_path / "metrics/eval.json").write_text("b\n")
+    assert git_info(outputs)["git_dirty"] == "false"  # the pipeline's own outputs
+    (tmp_path / "params.yaml").write_text("b\n")
+    assert git_info(outputs)["git_dirty"] == "true"
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-1")  # an experiment's params are its own
+    assert git_info(outputs)["git_dirty"] == "false"
+    (tmp_path / "src/code.py").write_text("b\n")
+    info = git_info(outputs)
+    assert info["git_dirty"] == "true" and info["git_dirty_files"] == "src/code.py"
+
+
+def test_export_never_destroys_what_it_did_not_make(workspace, capsys):
+    from mna_tune.cli import main
+    from mna_tune.training.train import run_train
+
+    from helpers import write_params
+
+    params = tiny_params(max_steps=1)
+    write_params(workspace, params)
+    run_train(params)
+    notes = workspace / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    assert main(["export", "--merged", "notes"]) == 1
+    assert "exists and is not empty" in capsys.readouterr().err and (notes / "keep.txt").read_text() == "mine"
+    assert main(["export", "--merged", "notes", "--force"]) == 1
+    assert "not a previous export" in capsys.readouterr().err and (notes / "keep.txt").exists()
+    assert main(["export", "--merged", ".", "--force"]) == 1
+    assert "holds a repository" in capsys.readouterr().err
+    assert (workspace / "params.yaml").exists()
+
+    assert main(["export", "--merged", "out"]) == 0
+    assert (workspace / "out/model.safetensors").stat().st_mode & 0o044 == 0o044  # readable by others
+    assert main(["export", "--merged", "out"]) == 1  # a second export needs --force ...
+    assert main(["export", "--merged", "out", "--force"]) == 0  # ... and then replaces the first
+    assert not list(workspace.glob(".out.*.tmp"))

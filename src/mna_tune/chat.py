@@ -47,6 +47,42 @@ def render_prompt(messages: list[dict]) -> str:
     return "".join(_turn(m["role"], m["content"]) for m in turns) + f"{IM_START}assistant\n{EMPTY_THINK}"
 
 
+def _plain_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` as plain text: the backend's normaliser, pre-tokenizer and BPE,
+    with no added-token matching at all, so "<|im_end|>" or "<think>" typed in a message
+    stays characters. For text without such strings the ids are what the full tokenizer
+    gives (added tokens are the only step skipped)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer: prompt_ids needs its backend pipeline")
+    if backend.normalizer is not None:
+        text = backend.normalizer.normalize_str(text)
+    pieces = [piece for piece, _ in backend.pre_tokenizer.pre_tokenize_str(text)] if backend.pre_tokenizer else [text]
+    return [token.id for piece in pieces for token in backend.model.tokenize(piece)]
+
+
+def prompt_ids(tokenizer, messages: list[dict], enable_thinking: bool = False) -> list[int]:
+    """render_prompt as token ids, safe against injected control tokens: only the template's
+    own markers (<|im_start|>, <|im_end|>, the think tags) are added-token ids; roles and
+    contents are encoded as plain text. For clean text this equals
+    `tokenizer(render_prompt(messages), add_special_tokens=False).input_ids`: each segment
+    between two markers is encoded exactly as the full string's segment would be.
+    With `enable_thinking` the assistant header has no empty think block (the model may think)."""
+    marker = tokenizer.convert_tokens_to_ids
+    start, end = marker(IM_START), marker(IM_END)
+    turns = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
+    ids: list[int] = []
+    for message in turns:
+        if message["role"] not in ("system", "user", "assistant"):
+            raise ValueError(f"unsupported chat role {message['role']!r}")
+        ids += [start, *_plain_ids(tokenizer, f"{message['role']}\n{message['content']}"), end]
+        ids += _plain_ids(tokenizer, "\n")
+    ids += [start, *_plain_ids(tokenizer, "assistant\n")]
+    if not enable_thinking:  # EMPTY_THINK, marker by marker
+        ids += [marker("<think>"), *_plain_ids(tokenizer, "\n\n"), marker("</think>"), *_plain_ids(tokenizer, "\n\n")]
+    return ids
+
+
 def render_completion(answer: str) -> str:
     """What the model learns to write: the answer, closed by the end-of-turn token."""
     return f"{answer}{IM_END}"

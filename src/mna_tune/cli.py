@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from .params import load_params
+from .workspace import check_stage_inputs, stage_inputs
 
 # command -> "module:function"
 STAGES = {
@@ -55,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a merged model folder that plain transformers loads")
     export.add_argument("--merged", type=Path, required=True, help="output folder")
     export.add_argument("--model", help="registered version or @alias (default: the workspace adapter)")
+    export.add_argument("--force", action="store_true", help="replace a previous export in that folder")
     ask = commands.add_parser("ask", help="answer one question with the adapter")
     ask.add_argument("question")
     ask.add_argument("--model", help="registered version or @alias (default: the workspace adapter)")
@@ -62,6 +64,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", default="@champion", help="registered version or @alias (default @champion)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    # the defaults are serving.server.Limits' (tests/test_server.py checks they agree)
+    serve.add_argument("--max-tokens-cap", type=int, default=2048, help="most tokens one request may ask for")
+    serve.add_argument("--request-timeout", type=float, default=120.0, help="seconds one generation may run")
+    serve.add_argument("--max-concurrency", type=int, default=1, help="generations at once; more get 429")
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer <key>' "
+                       "(better: set MNA_TUNE_API_KEY, which `ps` does not show)")
     return root
 
 
@@ -74,11 +82,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # a multi-process train relaunches itself
     try:
-        command_function(args.command)(load_params(args.params), args)
+        params = load_params(args.params)
+        if args.command in STAGES:  # the lock DVC writes after a stage must describe what it used
+            before = stage_inputs(args.command, args.params)
+            args.check_inputs = lambda: check_stage_inputs(args.command, before, args.params)
+            command_function(args.command)(params, args)
+            args.check_inputs()
+        else:
+            command_function(args.command)(params, args)
     except ValueError as exc:  # every input problem (InputError, ParamsError, ...) is a ValueError
         if os.environ.get("MNA_TUNE_DEBUG"):
             raise
         print(f"mna-tune {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:  # an input a stage or tool needs is missing
+        if os.environ.get("MNA_TUNE_DEBUG"):
+            raise
+        hint = f"run the stages before it first (dvc repro {args.command})" if args.command in STAGES else \
+            "run the pipeline first (dvc repro)"
+        print(f"mna-tune {args.command}: error: {exc.filename}: not found; {hint}", file=sys.stderr)
         return 1
     return 0
 

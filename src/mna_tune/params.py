@@ -88,7 +88,7 @@ class EvaluatePaths(_Section):
     predictions: Path
     report: Path
     metrics: Path
-    group_metrics: Path
+    details: Path
     scores_plot: Path
 
 
@@ -100,6 +100,11 @@ class Paths(_Section):
     train: TrainPaths
     evaluate: EvaluatePaths
     cache: Path  # under the repository root: checkpoints and cached base outputs
+
+    def outputs(self) -> list[str]:
+        """Every path a stage writes (what `git_dirty` must not count as an edit)."""
+        stages = (self.extract, self.filter, self.merge, self.split, self.train, self.evaluate)
+        return [str(path) for stage in stages for path in stage.model_dump().values()] + [str(self.cache)]
 
 
 # ---- one section per stage ----
@@ -206,11 +211,33 @@ class TrainParams(_Section):
         return self
 
 
+JUDGE_GATE_METRICS = ("judge_win_rate", "judge_rubric_mean")  # need evaluate.judge.enabled
+
+
 class GateParams(_Section):
     metric: Literal["eval_loss", "perplexity", "rougeL_f1", "chrf", "exact_match", "korean_only_share",
-                    "domain_term_recall"]
+                    "domain_term_recall", "domain_term_precision", "judge_win_rate", "judge_rubric_mean"]
     min_delta: Finite
     min_korean_only: Finite = Field(ge=0, le=1)
+
+
+class ConsistencyParams(_Section):
+    samples: int = Field(ge=0, le=64)  # sampled answers per generated row; 0: off, else at least 2
+
+    @model_validator(mode="after")
+    def _pairs(self) -> "ConsistencyParams":
+        if self.samples == 1:
+            raise ValueError("evaluate.consistency.samples must be 0 (off) or at least 2: one answer has no pair")
+        return self
+
+
+class JudgeParams(_Section):
+    enabled: bool  # endpoint, model and key come from the environment only (MNA_TUNE_JUDGE_*)
+    pairwise_prompt_path: Path
+    rubric_prompt_path: Path
+    concurrency: int = Field(ge=1, le=256)
+    timeout_s: Finite = Field(gt=0)
+    max_tokens: int = Field(ge=16)
 
 
 class EvaluateParams(_Section):
@@ -223,7 +250,15 @@ class EvaluateParams(_Section):
     top_p: Finite = Field(gt=0, le=1)
     repetition_penalty: Finite = Field(gt=0)
     report_samples: int = Field(ge=0)
+    consistency: ConsistencyParams
+    judge: JudgeParams
     gate: GateParams
+
+    @model_validator(mode="after")
+    def _judge_for_gate(self) -> "EvaluateParams":
+        if self.gate.metric in JUDGE_GATE_METRICS and not self.judge.enabled:
+            raise ValueError(f"evaluate.gate.metric is '{self.gate.metric}' but evaluate.judge.enabled is false")
+        return self
 
 
 class MlflowParams(_Section):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -43,7 +44,7 @@ class Unit:
     kind: Kind
     subset: str  # Training | Validation | Other
     source: str  # absolute path of the plain file or of the archive
-    member: str | None = None  # the archive's raw entry name (before cp949 repair)
+    member: int | None = None  # the entry's position in the archive's central directory
 
     @property
     def where(self) -> str:
@@ -52,8 +53,9 @@ class Unit:
     def read(self) -> bytes:
         if self.member is None:
             return Path(self.source).read_bytes()
-        try:
-            return _archive(self.source).read(self.member)
+        try:  # by its ZipInfo, not its name: an appended archive may hold two entries of one name
+            archive = _archive(self.source)
+            return archive.read(archive.infolist()[self.member])
         except Exception as exc:  # BadZipFile (CRC), zlib.error, EOFError from a damaged archive
             raise InputError(self.file, f"cannot decompress ({type(exc).__name__}: {exc})", entry=self.entry) from None
 
@@ -108,13 +110,21 @@ def _zip_units(root: Path, path: Path) -> Iterator[Unit | InputError]:
         return
     stem = PurePosixPath(rel).with_suffix("")
     with archive:
-        infos = [info for info in archive.infolist() if not info.is_dir()]
+        infos = [(position, info) for position, info in enumerate(archive.infolist()) if not info.is_dir()]
         if not infos:
             yield InputError(rel, "the archive holds no files")
-        for info in infos:
+        # Entries of the same name (an archive appended to) are all read; they are told apart as
+        # "<name> [k of n]" in row origins and the report.
+        copies = Counter(info.filename for _, info in infos)
+        seen: Counter = Counter()
+        for position, info in infos:
             name = _entry_name(info)
             logical = stem / name.lstrip("/")
-            yield Unit(rel, name, logical, classify(logical), _subset(logical.parts), str(path), info.filename)
+            entry = name
+            if copies[info.filename] > 1:
+                seen[info.filename] += 1
+                entry = f"{name} [{seen[info.filename]} of {copies[info.filename]}]"
+            yield Unit(rel, entry, logical, classify(logical), _subset(logical.parts), str(path), position)
 
 
 def iter_units(root: Path, shadowed: list[str]) -> Iterator[Unit | InputError]:
@@ -122,6 +132,8 @@ def iter_units(root: Path, shadowed: list[str]) -> Iterator[Unit | InputError]:
     (an unzipped copy) is skipped and recorded in `shadowed`, so rows are not read twice.
     An unreadable archive comes out as an InputError in its place, so `skip` can go on."""
     root = Path(root)
+    if root.is_file():
+        raise InputError(str(root), "is a file, expected the AI Hub download folder (data.aihub_dir)")
     if not root.is_dir():
         raise InputError(str(root), "the AI Hub download folder does not exist (data.aihub_dir)")
     for dirpath, dirnames, filenames in os.walk(root):

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..workspace import read_jsonl
+from ..workspace import commit_temp, read_jsonl, temp_beside
 
 _TEXT = pa.string()
 EXTRACTED = pa.schema([(name, _TEXT) for name in (
@@ -41,9 +40,7 @@ class ParquetOut:
         self.path, self.schema = Path(path), schema
 
     def __enter__(self) -> "ParquetOut":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
+        self.tmp = temp_beside(self.path)  # named after this process; a killed run's leftovers go first
         self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
         return self
 
@@ -54,7 +51,7 @@ class ParquetOut:
     def __exit__(self, kind, value, traceback) -> None:
         self.writer.close()
         if kind is None:
-            os.replace(self.tmp, self.path)
+            commit_temp(self.tmp, self.path)  # the mode a plain open() gives, not mkstemp's 0600
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.tmp)

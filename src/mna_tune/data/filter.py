@@ -1,9 +1,13 @@
-"""filter stage: drop AI Hub rows by category, echo and length, score the rest, then drop
-by score.
+"""filter stage: drop AI Hub rows by category, chat-format markers, echo and length, score the
+rest, then drop by score.
 
 Each dropped row is written with its reason (first matching reason wins, in the order
 below) and counted by reason in metrics/filter.json. Rows dropped before scoring carry
 score null: they are never sent to a scorer (an `llm` scorer would pay for them).
+Rows whose question or answer carries a chat-format marker (`<|im_end|>`, `<think>`,
+`/no_think`, ...: text.CHAT_MARKER) are dropped as `chat_markers`: the tokenizer would turn
+them into control tokens. Invisible and control characters (text.INVISIBLE) are ignored by
+every comparison here and counted in the metrics; merge removes them from the stored text.
 """
 
 from __future__ import annotations
@@ -17,14 +21,15 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from ..params import FilterParams, FilterPaths, Params
-from ..workspace import write_json
+from ..workspace import require_input, write_json
 from .columnar import DROPPED, SCORED, ParquetOut, read_batches, table
 from .parallel import default_processes, ordered_map
 from .scoring import make_scorer
-from .text import match_key
+from .text import CHAT_MARKER, invisible_count, match_key_counted
 
 DROP_REASONS = (
     "excluded_category",
+    "chat_markers",
     "echo",
     "question_too_short",
     "question_too_long",
@@ -42,19 +47,24 @@ class EmptyFilterResult(ValueError):
     """Every row was dropped; the message says how many each step removed."""
 
 
-def pre_score_drop_reason(row: dict, params: FilterParams, excluded: set[str]) -> str | None:
+def pre_score_drop_reason(row: dict, params: FilterParams, excluded: set[str]) -> tuple[str | None, int]:
+    """(the reason to drop `row` before scoring or None, how many invisible characters it holds)."""
     if unicodedata.normalize("NFC", row["category"]) in excluded:
-        return "excluded_category"
-    question, answer = match_key(row["question"]), match_key(row["answer"])  # once per row: the costly part
+        return "excluded_category", invisible_count(row["question"]) + invisible_count(row["answer"])
+    question, hidden_q = match_key_counted(row["question"])  # once per row: the costly part
+    answer, hidden_a = match_key_counted(row["answer"])
+    hidden = hidden_q + hidden_a
+    if CHAT_MARKER.search(question) or CHAT_MARKER.search(answer):
+        return "chat_markers", hidden
     if question == answer:
-        return "echo"
+        return "echo", hidden
     for field, text, low, high in (("question", question, params.min_question_chars, params.max_question_chars),
                                    ("answer", answer, params.min_answer_chars, params.max_answer_chars)):
         if len(text) < low:
-            return f"{field}_too_short"
+            return f"{field}_too_short", hidden
         if len(text) > high:
-            return f"{field}_too_long"
-    return None
+            return f"{field}_too_long", hidden
+    return None, hidden
 
 
 def score_drop_reason(row: dict, params: FilterParams) -> str | None:
@@ -91,7 +101,10 @@ def filter_chunk(chunk) -> dict:
     scorer, params, excluded = _WORKER["scorer"], _WORKER["params"], _WORKER["excluded"]
     rows = _rows_of(chunk)
     out: dict = {"kept": [], "dropped": [], "dropped_counts": Counter(), "kept_by_category": Counter()}
-    reasons = [pre_score_drop_reason(row, params, excluded) for row in rows]
+    judged = [pre_score_drop_reason(row, params, excluded) for row in rows]
+    reasons = [reason for reason, _ in judged]
+    out["invisible_characters"] = sum(hidden for _, hidden in judged)
+    out["rows_with_invisible_characters"] = sum(1 for _, hidden in judged if hidden)
     survivors = [row for row, reason in zip(rows, reasons) if reason is None]
     wheres = [f"{row.get('file')} :: {row.get('entry')} :: {row.get('record')}" for row in survivors]
     scores = iter(scorer.score_batch([(row["question"], row["answer"]) for row in survivors], wheres))
@@ -138,7 +151,9 @@ def run_filter(params: FilterParams, source: Path, paths: FilterPaths, processes
     processes = 1 if params.scorer == "llm" else (processes or default_processes())
     dropped: Counter = Counter()
     kept_by_category: Counter = Counter()
+    invisible: Counter = Counter()
     rows_in = kept = 0
+    source = require_input(source, "extract", "the extracted rows")
     with ParquetOut(paths.kept, SCORED) as kept_out, ParquetOut(paths.dropped, DROPPED) as dropped_out:
         progress = tqdm(desc="filter", unit=" rows")
         source = Path(source)
@@ -152,6 +167,7 @@ def run_filter(params: FilterParams, source: Path, paths: FilterPaths, processes
             dropped_out.write(result["dropped"])
             dropped.update(result["dropped_counts"])
             kept_by_category.update(result["kept_by_category"])
+            invisible.update({key: result[key] for key in ("invisible_characters", "rows_with_invisible_characters")})
             kept += result["kept_rows"]
             rows_in += result["kept_rows"] + result["dropped_rows"]
             progress.update(result["kept_rows"] + result["dropped_rows"])
@@ -167,6 +183,9 @@ def run_filter(params: FilterParams, source: Path, paths: FilterPaths, processes
         "rows_kept": kept,
         "dropped": {reason: dropped[reason] for reason in DROP_REASONS},
         "kept_by_category": dict(sorted(kept_by_category.items())),
+        # zero-width, bidi and control characters in the rows read (ignored by every check here)
+        "rows_with_invisible_characters": invisible["rows_with_invisible_characters"],
+        "invisible_characters": invisible["invisible_characters"],
     }
     write_json(paths.metrics, metrics)
     print(f"filter: kept {kept} of {rows_in} rows; dropped "

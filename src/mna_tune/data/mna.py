@@ -6,16 +6,21 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
-from .text import clean_text
+from .text import clean_text, invisible_count
 
 
 def read_mna(path: Path) -> list[dict]:
-    """Validated records with cleaned text; any problem names the row and the key."""
+    """Validated records with cleaned text (and how many invisible characters the cleaning
+    removed); any problem names the row and the key."""
     name = str(path)
+    if Path(path).is_dir():
+        raise InputError(name, "is a folder, expected the M&A QA JSON file (data.mna_path)")
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise InputError(name, "M&A QA file not found (data.mna_path)") from None
+    except OSError as exc:
+        raise InputError(name, f"cannot read the M&A QA file (data.mna_path): {exc.strerror}") from None
     try:
         records = json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
@@ -42,5 +47,6 @@ def read_mna(path: Path) -> list[dict]:
         if not isinstance(source, str):
             raise InputError(name, f"'source' is {type(source).__name__}, expected string", record=where)
         rows.append({"question": clean_text(record["question"]), "answer": clean_text(record["answer"]),
-                     "source_text": source, "record": where})
+                     "source_text": source, "record": where,
+                     "invisible": invisible_count(record["question"]) + invisible_count(record["answer"])})
     return rows

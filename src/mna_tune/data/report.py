@@ -38,12 +38,33 @@ def length_stats(lengths: list[int], max_length: int) -> dict:
     }
 
 
+TOKENIZE_ROWS = 2048  # rows tokenized at once: the splits are streamed, never held
+
+
 def token_lengths(tokenizer, rows: list[dict]) -> list[int]:
     texts = [pair["prompt"] + pair["completion"] for pair in (training_pair(row["messages"]) for row in rows)]
-    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # the same ids as tokenizer(texts), without building Python lists of them
+        return [len(encoding.ids) for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def _stage_rows(upstream: dict[str, Path], splits: dict[str, list[dict]]) -> dict[str, dict[str, int]]:
+def _split_lengths(tokenizer, path: Path, counts: Counter) -> list[int]:
+    """Token lengths of a split file's rows, streamed in batches; counts rows by source/category."""
+    lengths: list[int] = []
+    batch: list[dict] = []
+    for row in read_jsonl(path):
+        counts[f"{row['source']}/{row['category']}"] += 1
+        batch.append(row)
+        if len(batch) == TOKENIZE_ROWS:
+            lengths += token_lengths(tokenizer, batch)
+            batch = []
+    return lengths + token_lengths(tokenizer, batch)
+
+
+def _stage_rows(upstream: dict[str, Path], splits: dict[str, Counter]) -> dict[str, dict[str, int]]:
     def load(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
@@ -52,8 +73,8 @@ def _stage_rows(upstream: dict[str, Path], splits: dict[str, list[dict]]) -> dic
         "filter": {f"aihub/{k}": v for k, v in load(upstream["filter"]).get("kept_by_category", {}).items()},
         "merge": dict(Counter(f"{r['source']}/{r['category']}" for r in read_jsonl(upstream["merge"]))),
     }
-    for name, rows in splits.items():
-        stages[f"split_{name}"] = dict(Counter(f"{r['source']}/{r['category']}" for r in rows))
+    for name, counts in splits.items():
+        stages[f"split_{name}"] = dict(counts)
     return {stage: dict(sorted(counts.items())) for stage, counts in stages.items()}
 
 
@@ -69,8 +90,8 @@ def write_data_report(params: Params, tokenizer=None) -> dict:
 
 
 def _write_report(max_length: int, paths: SplitPaths, tokenizer, upstream: dict[str, Path]) -> dict:
-    splits = {name: list(read_jsonl(getattr(paths, name))) for name in ("train", "val", "test")}
-    lengths = {name: token_lengths(tokenizer, rows) for name, rows in splits.items()}
+    splits = {name: Counter() for name in ("train", "val", "test")}
+    lengths = {name: _split_lengths(tokenizer, getattr(paths, name), splits[name]) for name in splits}
     stage_rows = _stage_rows(upstream, splits)
     report = {
         "max_length": max_length,

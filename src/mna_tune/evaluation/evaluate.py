@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from importlib.metadata import version as installed
 from pathlib import Path
 
-from ..chat import answer_of, question_of, render_prompt, strip_think
+from ..chat import answer_of, question_of, strip_think
 from ..params import Params
 from ..workspace import (
     atomic_open,
@@ -25,10 +25,13 @@ from ..workspace import (
     write_json,
     write_jsonl,
 )
-from .generation import GenerationSettings, answer_only_losses, generate
-from .scoring import ModelRun, compare, score_rows
+from .generation import GenerationSettings, answer_only_losses, generate, sample_answers
+from .scoring import ModelRun, add_row_details, compare, score_rows
 
-PLOTTED = ("rougeL_f1", "chrf", "korean_only_share", "exact_match", "domain_term_recall")
+PLOTTED = ("rougeL_f1", "chrf", "korean_only_share", "exact_match", "domain_term_recall", "domain_term_precision",
+           "consistency_rougeL", "judge_win_rate", "judge_rubric_mean")
+# the DVC metrics, per model and delta (the judge's only when it is enabled)
+HEADLINE = ("rougeL_f1", "chrf", "eval_loss", "korean_only_share", "judge_win_rate", "judge_rubric_mean")
 PACKAGE = Path(__file__).parents[1]
 
 
@@ -40,9 +43,10 @@ class Evaluation:
     generated: list[dict]  # the rows answers were generated for
     runs: dict[str, ModelRun]  # "adapter", "base"
     base_from_cache: bool
-    overall: dict
-    by_group: dict
+    overall: dict  # adapter, base and delta figures on every test row
+    by_group: dict  # the same per source and per category
     predictions: list[dict]  # one row per generated test row
+    throughput: dict  # generated tokens/s per model: changes from run to run, so MLflow only
 
 
 def settings_of(params: Params) -> GenerationSettings:
@@ -70,15 +74,21 @@ def base_identity(params: Params) -> dict:
 
 def base_cache_path(params: Params, test_md5: str, generate_rows: int) -> Path:
     key = json.dumps({"base": base_identity(params), "generation": asdict(settings_of(params)),
-                      "test_md5": test_md5, "rows": generate_rows, "seed": params.train.seed}, sort_keys=True)
+                      "test_md5": test_md5, "rows": generate_rows, "seed": params.train.seed,
+                      "consistency_samples": params.evaluate.consistency.samples}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     return project_root() / params.paths.cache / "base_eval" / f"{digest}.json"
 
 
-def run_model(model, tokenizer, rows: list[dict], generated: list[dict], settings: GenerationSettings) -> ModelRun:
-    losses = answer_only_losses(model, tokenizer, rows, settings.batch_size)
-    raw, new_tokens, seconds = generate(model, tokenizer, [render_prompt(r["messages"]) for r in generated], settings)
-    return ModelRun(losses, raw, new_tokens, seconds)
+def run_model(model, tokenizer, rows: list[dict], generated: list[dict], settings: GenerationSettings,
+              name: str = "adapter", samples: int = 0, seed: int = 0) -> ModelRun:
+    """Losses on every row, answers for the generated rows, and `samples` sampled answers
+    each (consistency), with progress bars named after the model."""
+    losses = answer_only_losses(model, tokenizer, rows, settings.batch_size, progress=f"{name}: loss")
+    conversations = [r["messages"] for r in generated]
+    raw, new_tokens, seconds = generate(model, tokenizer, conversations, settings, progress=f"{name}: generate")
+    sampled = sample_answers(model, tokenizer, conversations, settings, samples, seed, progress=f"{name}: sample")
+    return ModelRun(losses, raw, new_tokens, seconds, sampled)
 
 
 def run_models(params: Params, rows: list[dict], generated: list[dict]) -> tuple[dict[str, ModelRun], bool]:
@@ -91,16 +101,18 @@ def run_models(params: Params, rows: list[dict], generated: list[dict]) -> tuple
     tokenizer = load_tokenizer(params.model.base)
     model = load_adapter_model(params.model, params.paths.train.adapter)
     settings = settings_of(params)
+    samples, seed = params.evaluate.consistency.samples, params.train.seed
     set_seed(params.train.seed)
-    adapter = run_model(model, tokenizer, rows, generated, settings)
+    adapter = run_model(model, tokenizer, rows, generated, settings, "adapter", samples, seed)
     cache = base_cache_path(params, file_md5(params.paths.split.test), len(generated))
     if cache.is_file():
         data = json.loads(cache.read_text(encoding="utf-8"))
-        base = ModelRun([tuple(x) for x in data["losses"]], data["raw"], data["new_tokens"], data["seconds"])
+        base = ModelRun([tuple(x) for x in data["losses"]], data["raw"], data["new_tokens"], data["seconds"],
+                        data.get("samples", []))
         return {"adapter": adapter, "base": base}, True
     set_seed(params.train.seed)
     with model.disable_adapter():
-        base = run_model(model, tokenizer, rows, generated, settings)
+        base = run_model(model, tokenizer, rows, generated, settings, "base", samples, seed)
     write_json(cache, asdict(base))
     return {"adapter": adapter, "base": base}, False
 
@@ -112,8 +124,10 @@ def score(params: Params, rows: list[dict], generated: list[dict], runs: dict[st
     references = [answer_of(row["messages"]) for row in generated]
     terms = Lexicon.from_tsv(params.filter.lexicon_path).pattern
     answers = {name: [strip_think(text) for text in run.raw] for name, run in runs.items()}
-    scores = {name: score_rows(answers[name], run.raw, references, terms) for name, run in runs.items()}
+    scores = {name: score_rows(answers[name], run.raw, references, terms, run.samples, progress=f"{name}: score")
+              for name, run in runs.items()}
     overall, by_group = compare(rows, runs, scores, answers, references)
+    throughput = {name: overall[name].pop("gen_tokens_per_second") for name in runs}
     adapter, base = runs["adapter"], runs["base"]
     predictions = [
         {"id": row["id"], "source": row["source"], "category": row["category"], "question": question_of(row["messages"]),
@@ -126,13 +140,15 @@ def score(params: Params, rows: list[dict], generated: list[dict], runs: dict[st
          "base_loss": round(base.losses[i][0] / max(base.losses[i][1], 1), 6)}
         for i, (row, ref) in enumerate(zip(generated, references))
     ]
-    return Evaluation(rows, generated, runs, base_from_cache, overall, by_group, predictions)
+    add_row_details(predictions, scores)  # every per-row figure, for the file and the MLflow traces
+    return Evaluation(rows, generated, runs, base_from_cache, overall, by_group, predictions, throughput)
 
 
 def write_tables(params: Params, result: Evaluation) -> None:
     paths = params.paths.evaluate
     write_jsonl(paths.predictions, result.predictions)
-    write_json(paths.group_metrics, result.by_group)
+    write_json(paths.details, {"overall": result.overall, "by_group": result.by_group, "test_rows": len(result.rows),
+                               "generated_rows": len(result.generated), "base_from_cache": result.base_from_cache})
     overall = result.overall
     with atomic_open(paths.scores_plot) as out:
         out.write("metric,base,adapter\n")
@@ -151,40 +167,104 @@ def lineage_paths(params: Params) -> dict[str, list[str]]:
             "split": [str(splits.train), str(splits.val), str(splits.test)]}
 
 
+def champion_on_this_split(params: Params, result: Evaluation, registry, test_md5: str):
+    """(champion version, its metrics on the test rows evaluated here), or None without a
+    champion. Metrics from another test split are never compared: the champion's adapter is
+    evaluated on these rows first (the base outputs are shared)."""
+    from ..registry.registry import CHAMPION
+
+    champion = registry.alias_version(CHAMPION)
+    if champion is None:
+        return None, f"test split {test_md5[:12]}"
+    if champion.tags.get(f"lineage.split.{params.paths.split.test}") == test_md5:
+        logged = registry.client.get_run(champion.run_id).data.metrics
+        metrics = {key.removeprefix("eval/adapter/"): value for key, value in logged.items()
+                   if key.startswith("eval/adapter/")}
+        return (str(champion.version), metrics), f"test split {test_md5[:12]}, the champion's own"
+    print(f"evaluate: champion v{champion.version} was evaluated on another test split: evaluating it on this one")
+    metrics = evaluate_registered(params, result, registry, champion)
+    return (str(champion.version), metrics), f"test split {test_md5[:12]}, champion v{champion.version} re-evaluated on it"
+
+
+def evaluate_registered(params: Params, result: Evaluation, registry, version) -> dict:
+    """A registered version's adapter on this evaluation's rows, scored like the candidate."""
+    import tempfile
+
+    from ..modeling import load_adapter_model, load_tokenizer
+    from ..params import ModelParams
+
+    with tempfile.TemporaryDirectory() as scratch:
+        adapter = registry.download_adapter(version, Path(scratch))
+        config = next(Path(scratch).rglob("serving_config.json"), None)
+        model_params = ModelParams(**json.loads(config.read_text(encoding="utf-8"))["model"]) if config else params.model
+        model = load_adapter_model(model_params, adapter)
+    run = run_model(model, load_tokenizer(model_params.base), result.rows, result.generated, settings_of(params))
+    other = score(params, result.rows, result.generated, {"adapter": run, "base": result.runs["base"]}, True)
+    return other.overall["adapter"]
+
+
+def version_tags(params: Params, result: Evaluation, lineage: dict, verified: bool, adapter_md5: str) -> dict:
+    """What an auditor needs on the version's page (at most 15 tags; the rest is on the run):
+    code, data hashes, the adapter hash and the headline figures. The gate adds three more."""
+    from ..registry.registry import ADAPTER_MD5
+    from ..registry.tracking import git_info
+
+    git = {key: value for key, value in git_info(params.paths.outputs()).items() if key in ("git_commit", "git_dirty")}
+    figures = ", ".join(f"{key} {result.overall['adapter'][key]:.4g} ({result.overall['delta'].get(key, 0):+.4g})"
+                        for key in HEADLINE if key in result.overall["adapter"])
+    return {**git, **lineage, "lineage.verified": str(verified).lower(), ADAPTER_MD5: adapter_md5,
+            "eval.headline": f"adapter vs base: {figures}"}
+
+
 def register(params: Params, result: Evaluation, run_id: str, lock: Path = Path("dvc.lock")):
-    """A new registry version with its lineage and evaluation tags, then the gate.
-    Returns (version, gate decision, whether dvc.lock vouches for the evaluated splits)."""
-    from ..registry.lineage import lineage_from_lock
+    """The adapter's registry version (a new one, or the one already holding this exact
+    adapter: a run-cache restore or the same training twice), then the gate.
+    Returns (version, gate decision, whether dvc.lock vouches for the evaluated splits, new)."""
+    from ..registry.lineage import lineage_from_lock, workspace_md5
     from ..registry.promotion import apply_gate
     from ..registry.registry import Registry
-    from ..registry.tracking import Tracker, git_info
+    from ..registry.tracking import Tracker
     from ..serving.pyfunc import serving_config
 
     overall = result.overall
-    tracker = Tracker(params.mlflow)
-    tracker.log_metrics(run_id, {f"eval/{name}/{key}": value for name in ("adapter", "base", "delta")
-                                 for key, value in overall[name].items()})
+    tracker, registry = Tracker(params.mlflow), Registry(params.mlflow)
     lineage = lineage_from_lock(lock, lineage_paths(params))
     # The lock must describe the split files evaluated here; a stale lock (a stage run by
     # hand outside DVC) is flagged rather than trusted.
     verified = all(lineage.get(f"lineage.split.{path}") == file_md5(path) for path in lineage_paths(params)["split"])
-    eval_tags = {f"eval.{name}.{k}": str(v) for name in ("adapter", "base") for k, v in overall[name].items()}
-    registry = Registry(params.mlflow)
-    version = registry.register(run_id, params.paths.train.adapter, serving_config(params), {
-        **git_info(), **lineage, **eval_tags, "lineage.verified": str(verified).lower(), "mlflow_run_id": run_id,
-        "model.base": params.model.base, "eval.test_md5": file_md5(params.paths.split.test),
-    }).version
-    decision = apply_gate(registry, version, overall["adapter"], overall["base"], params.evaluate.gate)
-    tracker.set_tags(run_id, {"registered_model": registry.name, "registered_version": str(version)})
-    return version, decision, verified
+    adapter_md5 = workspace_md5(params.paths.train.adapter)
+    existing = registry.with_adapter(adapter_md5)
+    test_md5 = file_md5(params.paths.split.test)
+    champion, split_note = champion_on_this_split(params, result, registry, test_md5)
+    if existing is not None:  # never a second version of one adapter, never another run's tags rewritten
+        version = str(existing.version)
+        print(f"evaluate: this adapter ({adapter_md5}) is already registered as v{version} "
+              f"(MLflow run {existing.run_id}): applying the gate to v{version}")
+        if existing.run_id != run_id:
+            tracker.set_tags(run_id, {"registered_version": f"{version} (already registered from run "
+                                                            f"{existing.run_id})"})
+    else:
+        tracker.log_metrics(run_id, {f"eval/{name}/{key}": value for name in ("adapter", "base", "delta")
+                                     for key, value in overall[name].items()})
+        tracker.log_metrics(run_id, {f"eval/{name}/gen_tokens_per_second": value
+                                     for name, value in result.throughput.items()})
+        version = str(registry.register(run_id, params.paths.train.adapter, serving_config(params),
+                                        version_tags(params, result, lineage, verified, adapter_md5)).version)
+        tracker.set_tags(run_id, {"registered_model": registry.name, "registered_version": version})
+    if champion is not None and champion[0] == version:
+        champion = None  # re-evaluating the champion itself: judged against the base model
+    decision = apply_gate(registry, version, overall["adapter"], overall["base"], params.evaluate.gate, champion,
+                          split_note)
+    return version, decision, verified, existing is None
 
 
 def write_report(params: Params, result: Evaluation, run_id: str, version: str, decision) -> None:
     from .report import render
 
     cfg = params.evaluate
-    samples = [{key: row[key] for key in ("question", "source", "category", "reference", "base", "adapter")}
-               for row in result.predictions[: cfg.report_samples]]
+    shown = ("question", "source", "category", "reference", "base", "adapter", "base_raw", "adapter_raw",
+             "judge_verdict", "judge_orders", "judge_position_flip", "judge_reasons", "base_rubric", "adapter_rubric")
+    samples = [{key: row[key] for key in shown if key in row} for row in result.predictions[: cfg.report_samples]]
     header = [f"- base model: `{params.model.base}`; adapter: `{params.mlflow.registered_model}` version {version} "
               f"(MLflow run `{run_id}`)",
               f"- test rows: {len(result.rows)} (answers generated for {len(result.generated)}); base outputs "
@@ -192,46 +272,76 @@ def write_report(params: Params, result: Evaluation, run_id: str, version: str, 
               f"- decoding: {'sampling' if cfg.do_sample else 'greedy'}, max {cfg.max_new_tokens} new tokens",
               f"- gate ({cfg.gate.metric}, min delta {cfg.gate.min_delta}, Korean-only ≥ {cfg.gate.min_korean_only}): "
               f"{'PASSED → champion' if decision.passed else 'not passed'} — {decision.reason}"]
-    text = render("Evaluation: base vs adapter", result.overall, result.by_group, samples, header)
+    if cfg.consistency.samples:
+        header.append(f"- consistency: {cfg.consistency.samples} sampled answers per row (temperature "
+                      f"{cfg.temperature}, top_k {cfg.top_k}, top_p {cfg.top_p}), mean pairwise ROUGE-L")
+    text = render("Evaluation: base vs adapter", result.overall, result.by_group, samples, header,
+                  sanity_floor=cfg.gate.min_korean_only)
     with atomic_open(params.paths.evaluate.report) as out:
         out.write(text)
 
 
 def log_outputs(params: Params, result: Evaluation, run_id: str, lock: Path = Path("dvc.lock")) -> None:
+    from ..registry.traces import log_eval_traces
     from ..registry.tracking import Tracker
+    from .trace_rows import trace_rows
 
     paths = params.paths.evaluate
     tracker = Tracker(params.mlflow)
     tracker.log_artifact(run_id, paths.report, "eval")
-    tracker.log_artifact(run_id, paths.group_metrics, "eval")
+    tracker.log_artifact(run_id, paths.details, "eval")
     tracker.log_table(run_id, result.predictions, "eval/predictions.json")
     if lock.exists():
         tracker.log_artifact(run_id, lock, "lineage")
+    judged = result.overall.get("judge", {})
+    tracker.log_metrics(run_id, {f"eval/judge/{key}": value for key, value in judged.items()})  # numbers only
+    log_eval_traces(params.mlflow, run_id, trace_rows(result.predictions, judged.get("model")))
 
 
-def run_evaluate(params: Params) -> dict:
+def headline(result: Evaluation, decision, splits) -> dict:
+    """The DVC metrics: the figures `dvc exp show` compares, nothing that changes from run to
+    run with the same params and data, nothing that names a particular MLflow store."""
+    rows = {name: sum(1 for _ in read_jsonl(getattr(splits, name))) for name in ("train", "val", "test")}
+    figures = {name: {key: result.overall[name][key] for key in HEADLINE if key in result.overall[name]}
+               for name in ("adapter", "base", "delta")}
+    judge = {key: value for key, value in result.overall.get("judge", {}).items() if isinstance(value, (int, float))}
+    return {**figures, **({"judge": judge} if judge else {}), "gate_passed": decision.passed, "rows": rows}
+
+
+def run_evaluate(params: Params, check_inputs=lambda: None) -> dict:
+    """`check_inputs` raises when params or inputs changed while evaluating (then nothing is
+    registered and DVC locks nothing)."""
+    from ..registry.tracking import Tracker
+    from .judge import Judge, judge_evaluation
+
     rows = list(read_jsonl(params.paths.split.test))
     if not rows:
         raise ValueError(f"{params.paths.split.test}: the test split is empty")
+    run_info = params.paths.train.run_info
+    run_id = json.loads(run_info.read_text(encoding="utf-8"))["run_id"]
+    Tracker(params.mlflow).check_writable(run_id, str(run_info))  # before a minute of model work
+    judge = Judge.from_params(params)  # None when disabled; a bad judge setup fails here, not after generating
     limit = params.evaluate.max_generate_rows
     generated = rows[:limit] if limit else rows
     runs, cached = run_models(params, rows, generated)
     result = score(params, rows, generated, runs, cached)
+    judge_evaluation(judge, result)  # the LLM judge, before any output is written
+    check_inputs()
     write_tables(params, result)
 
-    run_id = json.loads(params.paths.train.run_info.read_text(encoding="utf-8"))["run_id"]
-    version, decision, verified = register(params, result, run_id)
+    version, decision, verified, new = register(params, result, run_id)
     write_report(params, result, run_id, version, decision)
-    metrics = {**result.overall, "test_rows": len(rows), "generated_rows": len(generated), "base_from_cache": cached,
-               "model_version": int(version), "gate_passed": decision.passed}
+    metrics = headline(result, decision, params.paths.split)
     write_json(params.paths.evaluate.metrics, metrics)
-    log_outputs(params, result, run_id)
+    if new:
+        log_outputs(params, result, run_id)
 
     a, d = result.overall["adapter"], result.overall["delta"]
     print(f"evaluate: adapter ROUGE-L {a.get('rougeL_f1')} ({d.get('rougeL_f1', 0):+}), chrF {a.get('chrf')} "
           f"({d.get('chrf', 0):+}), loss {a['eval_loss']} ({d['eval_loss']:+}), Korean-only "
-          f"{a.get('korean_only_share')}; registered v{version} (lineage verified: {verified}); gate "
-          f"{'passed: champion' if decision.passed else 'not passed'}: {decision.reason}")
+          f"{a.get('korean_only_share')}; {'registered' if new else 'already registered as'} v{version} "
+          f"(lineage verified: {verified}); gate {'passed: champion' if decision.passed else 'not passed'}: "
+          f"{decision.reason}")
     return metrics
 
 
@@ -239,4 +349,4 @@ def main(params: Params, args=None) -> None:
     from ..runtime import keep_freed_memory
 
     keep_freed_memory()
-    run_evaluate(params)
+    run_evaluate(params, args.check_inputs)

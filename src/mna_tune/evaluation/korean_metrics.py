@@ -106,3 +106,22 @@ def domain_term_hits(prediction: str, reference: str, pattern) -> tuple[int, int
     """(reference terms found in the prediction, reference terms): summed into a micro recall."""
     wanted = domain_terms(reference, pattern)
     return len(wanted & domain_terms(prediction, pattern)), len(wanted)
+
+
+def domain_term_counts(prediction: str, reference: str, pattern) -> tuple[int, int, int]:
+    """(terms both use, terms of the reference, terms of the prediction), distinct terms:
+    summed into a micro recall (shared / reference) and precision (shared / prediction)."""
+    wanted, used = domain_terms(reference, pattern), domain_terms(prediction, pattern)
+    return len(wanted & used), len(wanted), len(used)
+
+
+def mean_pairwise_rouge_l(answers: list[str]) -> float | None:
+    """How alike several answers to one question are: the mean ROUGE-L F1 (Kiwi morphemes)
+    over every unordered pair; identical answers (an empty pair included) count 1.0.
+    None for fewer than two answers."""
+    pairs = [(a, b) for i, a in enumerate(answers) for b in answers[i + 1:]]
+    if not pairs:
+        return None
+    differing = [(a, b) for a, b in pairs if normalise_answer(a) != normalise_answer(b)]
+    scores = rouge_l_f1([a for a, _ in differing], [b for _, b in differing]) if differing else []
+    return (len(pairs) - len(differing) + sum(scores)) / len(pairs)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..chat import strip_think
 from . import korean_metrics as km
 
-METRICS = ("eval_loss", "perplexity", "rougeL_f1", "chrf", "exact_match", "korean_only_share", "think_leak_share",
-           "length_ratio", "domain_term_recall")
-LOWER_IS_BETTER = {"eval_loss", "perplexity", "think_leak_share"}
+METRICS = ("eval_loss", "perplexity", "rougeL_f1", "chrf", "exact_match", "korean_only_share", "empty_answer_share",
+           "think_leak_share", "length_ratio", "domain_term_recall", "domain_term_precision", "consistency_rougeL")
+LOWER_IS_BETTER = {"eval_loss", "perplexity", "think_leak_share", "empty_answer_share"}
 
 
 @dataclass(frozen=True)
@@ -22,21 +23,63 @@ class ModelRun:
     raw: list[str]  # the first len(raw) rows: generated text, think tags kept
     new_tokens: int
     seconds: float
+    # per generated row: evaluate.consistency.samples sampled answers (raw), or none
+    samples: list[list[str]] = field(default_factory=list)
+
+
+def empty_reason(raw: str) -> str | None:
+    """Why an answer is empty, or None when it is not: the model stopped at once, wrote only
+    whitespace, or wrote only a think block (which is stripped from the answer)."""
+    if strip_think(raw):
+        return None
+    if not raw:
+        return "stopped at once"
+    return "only whitespace" if not raw.strip() else "only a think block"
 
 
 def row_scores(prediction: str, raw: str, reference: str, term_pattern) -> dict:
-    hits, wanted = km.domain_term_hits(prediction, reference, term_pattern)
+    shared, wanted, used = km.domain_term_counts(prediction, reference, term_pattern)
     return {"exact_match": km.exact_match(prediction, reference), "korean_only": km.is_korean_only(prediction),
             "think_leak": km.think_leak(raw), "length_ratio": km.length_ratio(prediction, reference),
-            "domain_hits": hits, "domain_terms": wanted}
+            "domain_hits": shared, "domain_terms": wanted, "domain_used": used, "empty": empty_reason(raw)}
 
 
-def score_rows(predictions: list[str], raw: list[str], references: list[str], term_pattern) -> list[dict]:
-    rouge = km.rouge_l_f1(predictions, references)
-    scores = [row_scores(p, r, ref, term_pattern) for p, r, ref in zip(predictions, raw, references, strict=True)]
-    for score, value in zip(scores, rouge):
-        score["rougeL_f1"] = value
+def score_rows(predictions: list[str], raw: list[str], references: list[str], term_pattern,
+               samples: list[list[str]] | None = None, progress: str | None = None) -> list[dict]:
+    """Per-row scores; `samples` (raw sampled answers per row) adds the consistency score.
+    `progress` names a progress bar (rows done, ETA)."""
+    from tqdm.auto import tqdm
+
+    rows = list(zip(predictions, raw, references, strict=True))
+    scores = []
+    for prediction, text, reference in tqdm(rows, desc=progress, unit="row", disable=progress is None):
+        score = row_scores(prediction, text, reference, term_pattern)
+        score["rougeL_f1"] = km.rouge_l_f1([prediction], [reference])[0]
+        scores.append(score)
+    for score, answers in zip(scores, samples or []):
+        score["consistency_rougeL"] = km.mean_pairwise_rouge_l([strip_think(answer) for answer in answers])
     return scores
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return round(numerator / denominator, 6) if denominator else None
+
+
+def row_details(scores: list[dict]) -> list[dict]:
+    """Per-row figures for reports/predictions.jsonl and the MLflow traces, from one model's
+    scores ("adapter" or "base" is prefixed by the caller)."""
+    return [{"korean_only": s["korean_only"], "exact_match": s["exact_match"], "length_ratio": round(s["length_ratio"], 4),
+             "domain_term_recall": _ratio(s["domain_hits"], s["domain_terms"]),
+             "domain_term_precision": _ratio(s["domain_hits"], s["domain_used"]),
+             "consistency_rougeL": None if s.get("consistency_rougeL") is None else round(s["consistency_rougeL"], 6),
+             "empty": s["empty"]} for s in scores]
+
+
+def add_row_details(predictions: list[dict], scores: dict[str, list[dict]]) -> None:
+    """Adds every model's per-row figures to the prediction rows, as `<model>_<figure>`."""
+    for name, model_scores in scores.items():
+        for prediction, details in zip(predictions, row_details(model_scores), strict=True):
+            prediction.update({f"{name}_{key}": value for key, value in details.items()})
 
 
 def summarise(losses: list[tuple[float, int]], scores: list[dict], predictions: list[str],
@@ -47,7 +90,8 @@ def summarise(losses: list[tuple[float, int]], scores: list[dict], predictions: 
     out = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)) if tokens else float("nan")}
     if scores:
         n = len(scores)
-        wanted = sum(s["domain_terms"] for s in scores)
+        wanted, used = sum(s["domain_terms"] for s in scores), sum(s["domain_used"] for s in scores)
+        consistency = [s["consistency_rougeL"] for s in scores if s.get("consistency_rougeL") is not None]
         out.update({
             "rougeL_f1": sum(s["rougeL_f1"] for s in scores) / n,
             "chrf": km.chrf(predictions, references),
@@ -56,6 +100,10 @@ def summarise(losses: list[tuple[float, int]], scores: list[dict], predictions: 
             "think_leak_share": sum(s["think_leak"] for s in scores) / n,
             "length_ratio": sum(s["length_ratio"] for s in scores) / n,
             "domain_term_recall": sum(s["domain_hits"] for s in scores) / wanted if wanted else float("nan"),
+            # of the lexicon terms the answers use, the share the references use too
+            "domain_term_precision": sum(s["domain_hits"] for s in scores) / used if used else float("nan"),
+            "empty_answer_share": sum(s["empty"] is not None for s in scores) / n,
+            "consistency_rougeL": sum(consistency) / len(consistency) if consistency else float("nan"),
         })
     return {key: round(value, 6) for key, value in out.items() if not math.isnan(value)}
 

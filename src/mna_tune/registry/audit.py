@@ -47,8 +47,8 @@ def audit_version(tracker: Tracker, registry: Registry, ref: str) -> dict:
         "params": dict(sorted(run.data.params.items())),
         "data": data,
         "lineage_verified": tags.get("lineage.verified"),
-        "metrics": {key.removeprefix("eval."): float(value) for key, value in sorted(tags.items())
-                    if key.startswith("eval.") and key != "eval.test_md5"},
+        "metrics": {key.removeprefix("eval/").replace("/", "."): value
+                    for key, value in sorted(run.data.metrics.items()) if key.startswith("eval/")},
         "gate": {key.removeprefix("gate."): value for key, value in tags.items() if key.startswith("gate.")},
         "workspace_matches": all(item["workspace_matches"] for item in data) and bool(data),
     }

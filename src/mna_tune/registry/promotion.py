@@ -46,10 +46,15 @@ def decide(gate: GateParams, candidate: dict, champion: dict | None, base: dict,
     return GateDecision(True, f"{verdict} >= required {gate.min_delta:+.6f}; Korean-only share {korean:.4f}")
 
 
+def _stamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def record_decision(registry: Registry, version: str, passed: bool, reason: str, how: str) -> None:
-    """The gate's (or a person's) decision, on the version and on its run."""
-    tags = {"gate.passed": str(passed).lower(), "gate.reason": reason, "gate.decided_by": how,
-            "gate.decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    """The gate's (or a person's) decision, on the version and on its run: three tags, so
+    a version's page stays readable (who and when are in `gate.decision`)."""
+    tags = {"gate.passed": str(passed).lower(), "gate.reason": reason,
+            "gate.decision": f"{'passed' if passed else 'refused'} by {how} at {_stamp()}"}
     registry.set_version_tags(version, tags)
     run_id = registry.version(version).run_id
     if run_id:
@@ -87,19 +92,18 @@ def rollback(registry: Registry, reason: str) -> tuple[str, str]:
                          f"(champion history: {', '.join(history) or 'empty'})")
     current, target = history[-1], history[-2]
     _set_champion(registry, target, history[:-1])
-    registry.set_version_tags(current, {"rollback.reason": reason, "rollback.to": target})
+    registry.set_version_tags(current, {"gate.decision": f"rolled back to v{target} at {_stamp()}: {reason}"})
     return current, target
 
 
-def apply_gate(registry: Registry, version: str, candidate: dict, base: dict, gate: GateParams) -> GateDecision:
-    """`candidate` goes to the new version; `champion` only if the gate passes."""
+def apply_gate(registry: Registry, version: str, candidate: dict, base: dict, gate: GateParams,
+               champion: tuple[str, dict] | None, split_note: str) -> GateDecision:
+    """`candidate` goes to the new version; `champion` only if the gate passes. `champion`
+    is (version, its metrics on the same test split as the candidate), or None."""
     registry.set_alias(CANDIDATE, version)
-    champion = registry.alias_version(CHAMPION)
-    champion_metrics = None
-    if champion is not None:
-        champion_metrics = {key.removeprefix("eval.adapter."): float(value) for key, value in champion.tags.items()
-                            if key.startswith("eval.adapter.")}
-    decision = decide(gate, candidate, champion_metrics, base, champion.version if champion else None)
+    champion_version, champion_metrics = champion if champion else (None, None)
+    decision = decide(gate, candidate, champion_metrics, base, champion_version)
+    decision = GateDecision(decision.passed, f"{decision.reason} ({split_note})")
     if decision.passed:
         promote(registry, version, decision.reason, "gate")
     else:

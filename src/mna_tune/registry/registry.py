@@ -12,6 +12,7 @@ from ..params import MlflowParams
 from .tracking import connect
 
 CHAMPION, CANDIDATE = "champion", "candidate"
+ADAPTER_MD5 = "adapter.md5"  # version tag: the adapter folder's content hash (as dvc.lock records it)
 PYFUNC_ENTRY = Path(__file__).parents[1] / "serving" / "pyfunc_entry.py"
 SERVED_PACKAGES = ("torch", "transformers", "peft", "mlflow", "tokenizers", "tiktoken", "dashscope", "pandas")
 
@@ -39,14 +40,30 @@ class Registry:
         return self.mlflow.register_model(info.model_uri, self.name, tags=tags)
 
     def version(self, ref: str):
-        """`7` or `@champion` -> the registry's ModelVersion; an unknown one is a one-line error."""
+        """`7` or `@champion` -> the registry's ModelVersion; an unknown one is a one-line error
+        that says what exists and, for a champion the gate never chose, what to do."""
         try:
             if str(ref).startswith("@"):
                 return self.client.get_model_version_by_alias(self.name, str(ref)[1:])
             return self.client.get_model_version(self.name, str(ref))
         except self.mlflow.exceptions.MlflowException:
-            known = ", ".join(f"v{v.version}" for v in self.all_versions()) or "none yet"
-            raise ValueError(f"{self.name}: no model version '{ref}' in {self.uri} (registered: {known})") from None
+            known = self.all_versions()
+            if ref == f"@{CHAMPION}" and known:
+                last = known[-1]
+                reason = last.tags.get("gate.reason", "no gate decision recorded")
+                raise ValueError(
+                    f"{self.name}: no version is champion yet; the gate refused v{last.version}: {reason}. "
+                    f"Either promote one by hand (mna-tune promote {last.version} --reason '...') or use "
+                    f"--model @{CANDIDATE}") from None
+            listed = ", ".join(f"v{v.version}" for v in known) or "none yet"
+            raise ValueError(f"{self.name}: no model version '{ref}' in {self.uri} (registered: {listed})") from None
+
+    def with_adapter(self, adapter_md5: str):
+        """The version already holding an adapter with this content hash, or None."""
+        for version in self.all_versions():
+            if version.tags.get(ADAPTER_MD5) == adapter_md5:
+                return version
+        return None
 
     def alias_version(self, alias: str):
         """The version holding `alias`, or None."""

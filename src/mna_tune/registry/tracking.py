@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -39,19 +40,41 @@ def connect(params: MlflowParams):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
-    return mlflow, mlflow.MlflowClient(uri), uri
+    try:
+        client = mlflow.MlflowClient(uri)
+        client.search_experiments(max_results=1)  # reachable and readable, or one line now
+    except Exception as exc:  # sqlalchemy, requests and MLflow errors alike
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"MLflow store {uri} cannot be used ({type(exc).__name__}: {detail}); check "
+                         "mlflow.tracking_uri / MLFLOW_TRACKING_URI") from None
+    return mlflow, client, uri
 
 
-def git_info() -> dict[str, str]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
 
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    info = {"git_commit": commit or "unknown", "git_dirty": str(bool(dirty)).lower()}
+
+def dirty_files(outputs: list[str]) -> list[str]:
+    """Tracked files that differ from the commit, leaving out what the pipeline writes itself
+    (dvc.lock and the stages' tracked outputs, passed in `outputs`). Inside `dvc exp run`,
+    params.yaml is left out too: the experiment's params are its own, DVC stores them with
+    the experiment and the run logs every value."""
+    excluded = ["dvc.lock", *outputs]
+    if os.environ.get("DVC_EXP_NAME"):
+        excluded.append("params.yaml")
+    pathspec = [".", *(f":(exclude){path}" for path in excluded)]
+    return _git("diff", "--name-only", "HEAD", "--", *pathspec).splitlines()
+
+
+def git_info(outputs: list[str] = ()) -> dict[str, str]:
+    """The commit, whether the code, params or inputs differ from it, and the DVC experiment."""
+    dirty = dirty_files(list(outputs))
+    info = {"git_commit": _git("rev-parse", "HEAD") or "unknown", "git_dirty": str(bool(dirty)).lower()}
+    if dirty:
+        info["git_dirty_files"] = ", ".join(dirty[:20]) + (f" (+{len(dirty) - 20} more)" if len(dirty) > 20 else "")
     for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
         if os.environ.get(env):
             info[tag] = os.environ[env]
@@ -65,6 +88,20 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
             out.update(flatten(f"{prefix}.{key}" if prefix else str(key), inner))
         return out
     return {prefix: value}
+
+
+def _owner() -> dict[str, str]:
+    return {"mna_tune.host": socket.gethostname(), "mna_tune.pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
@@ -88,14 +125,18 @@ class Tracker:
         if self.uri.startswith("sqlite:///"):  # keep artifacts beside the db, not in the (temporary) cwd
             location = (Path(self.uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
         try:
-            return self.client.create_experiment(self.params.experiment, artifact_location=location)
+            experiment_id = self.client.create_experiment(self.params.experiment, artifact_location=location)
         except self.mlflow.exceptions.MlflowException:
             return self.client.get_experiment_by_name(self.params.experiment).experiment_id  # created meanwhile
+        # Open it in the UI's model-training view (runs, metrics, registry), not the GenAI one.
+        self.client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
+        return experiment_id
 
     def start_run(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        """A new run, tagged with this process so a later start can tell it was killed."""
         from mlflow.entities import Param
 
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, **_owner()})
         values = [Param(key, str(value) if value is not None else "null") for key, value in flatten("", params).items()]
         for start in range(0, len(values), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run.info.run_id, params=values[start:start + 100])
@@ -125,11 +166,49 @@ class Tracker:
 
         self.client.log_table(run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
 
-    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+    def end_run(self, run_id: str, status: str = "FINISHED", error: BaseException | None = None) -> None:
+        """FINISHED, FAILED (the error, in one line, as the `error` tag) or KILLED."""
+        if error is not None:
+            message = f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
+            self.set_tags(run_id, {"error": message[:500]})
         self.client.set_terminated(run_id, status=status)
+
+    def claim(self, run_id: str) -> None:
+        """This process now owns the run (an interrupted run that is resumed)."""
+        self.set_tags(run_id, _owner())
+
+    def end_orphans(self) -> list[str]:
+        """Runs of this experiment left RUNNING by a process of this machine that is gone (killed,
+        or the machine restarted) are marked KILLED. Runs of other machines are left alone."""
+        ended = []
+        for run in self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+            tags = run.data.tags
+            if tags.get("mna_tune.host") != socket.gethostname() or not tags.get("mna_tune.pid", "").isdigit():
+                continue
+            if _alive(int(tags["mna_tune.pid"])):
+                continue
+            self.set_tags(run.info.run_id, {"error": f"process {tags['mna_tune.pid']} ended without closing the run"})
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+        return ended
 
     def run(self, run_id: str):
         return self.client.get_run(run_id)
+
+    def check_writable(self, run_id: str, source: str) -> None:
+        """Before any model work: the run that `source` names is in the store, and a sqlite
+        store can be written (evaluate registers the adapter there at the end)."""
+        try:
+            self.client.get_run(run_id)
+        except self.mlflow.exceptions.MlflowException:
+            raise ValueError(f"MLflow run {run_id} (named in {source}) is not in {self.uri}: the store was "
+                             "deleted or replaced; train again (dvc repro -f train)") from None
+        if self.uri.startswith("sqlite:///"):
+            database = Path(self.uri.removeprefix("sqlite:///"))
+            for path in (database, database.parent):
+                if path.exists() and not os.access(path, os.W_OK):
+                    raise ValueError(f"{path}: the MLflow store is read-only; evaluate registers the adapter "
+                                     "there: make it writable")
 
     def step_callback(self, run_id: str):
         """A transformers TrainerCallback that logs every logged step (loss, lr, grad norm)."""

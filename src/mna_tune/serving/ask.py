@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from ..chat import build_messages, render_prompt, strip_think
+from ..chat import build_messages, strip_think
 from ..params import Params
 from .export import adapter_folder
 
@@ -22,7 +22,7 @@ def ask(params: Params, question: str, ref: str | None = None) -> str:
         model = load_adapter_model(params.model, adapter)
     tokenizer = load_tokenizer(params.model.base)
     settings = replace(settings_of(params), batch_size=1)  # decoding exactly as in evaluation
-    raw, _, _ = generate(model, tokenizer, [render_prompt(build_messages(question))], settings)
+    raw, _, _ = generate(model, tokenizer, [build_messages(question)], settings)
     return strip_think(raw[0])
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..chat import CHAT_TEMPLATE
 from ..params import Params
+from ..workspace import project_root
 
 
 def adapter_folder(params: Params, ref: str | None, scratch: Path) -> Path:
@@ -21,26 +22,68 @@ def adapter_folder(params: Params, ref: str | None, scratch: Path) -> Path:
     return registry.download_adapter(registry.version(ref), scratch)
 
 
-def export_merged(params: Params, out: Path, ref: str | None = None) -> Path:
-    """PEFT merge_and_unload, then safetensors weights, tokenizer and chat template in `out`."""
+MARKER = ".mna-tune-export"  # written into every export folder: --force replaces only such a folder
+
+
+def check_target(out: Path, force: bool) -> None:
+    """An export never destroys what it did not make: an existing non-empty folder is refused
+    unless --force, and --force replaces only a previous export, never the repository or a
+    folder that holds it."""
+    out = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"export: {out} is a file; name a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not force:
+        raise ValueError(f"export: {out} exists and is not empty; name a new folder, or add --force to replace a "
+                         "previous export")
+    if project_root().resolve().is_relative_to(out) or (out / ".git").exists():
+        raise ValueError(f"export: {out} holds a repository; refusing to replace it even with --force")
+    if not (out / MARKER).is_file():
+        raise ValueError(f"export: {out} is not a previous export (no {MARKER} in it); refusing to replace it "
+                         "even with --force")
+
+
+def export_merged(params: Params, out: Path, ref: str | None = None, force: bool = False) -> Path:
+    """PEFT merge_and_unload, then safetensors weights, tokenizer and chat template, written
+    into a temporary sibling of `out` and renamed into place at the end."""
     from ..modeling import load_adapter_model, load_tokenizer
 
-    with tempfile.TemporaryDirectory() as scratch:
-        adapter = adapter_folder(params, ref, Path(scratch))
-        # merged weights must be plain tensors: the base is loaded unquantized
-        model = load_adapter_model(params.model.model_copy(update={"quantization": "none"}), adapter)
-        merged = model.merge_and_unload()
-        staging = Path(str(out) + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        merged.save_pretrained(str(staging), safe_serialization=True)
+    out = Path(out)
+    check_target(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            adapter = adapter_folder(params, ref, Path(scratch))
+            # merged weights must be plain tensors: the base is loaded unquantized
+            model = load_adapter_model(params.model.model_copy(update={"quantization": "none"}), adapter)
+            model.merge_and_unload().save_pretrained(str(staging), safe_serialization=True)
         tokenizer = load_tokenizer(params.model.base)
         tokenizer.chat_template = tokenizer.chat_template or CHAT_TEMPLATE
         tokenizer.save_pretrained(str(staging))
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+        (staging / MARKER).write_text(f"merged export of {ref or params.paths.train.adapter}\n", encoding="utf-8")
+        readable = 0o666 & ~_umask()
+        for path in staging.rglob("*"):
+            path.chmod(readable | 0o111 if path.is_dir() else readable)
+        staging.chmod(readable | 0o111)
+        if out.exists():
+            shutil.rmtree(out)  # an empty folder, or a previous export (check_target)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out
 
 
+def _umask() -> int:
+    import os
+
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def main(params: Params, args) -> None:
-    out = export_merged(params, args.merged, args.model)
+    out = export_merged(params, args.merged, args.model, args.force)
     print(f"export: merged model, tokenizer and chat template in {out}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import mlflow.pyfunc
 
-from ..chat import SYSTEM_PROMPT, build_messages, render_prompt, strip_think
+from ..chat import SYSTEM_PROMPT, build_messages, strip_think
 
 SERVING_CONFIG = "serving_config.json"
 
@@ -88,7 +88,7 @@ class AdapterChatModel(mlflow.pyfunc.PythonModel):
         from ..evaluation.generation import generate
 
         settings = replace(self.settings, max_new_tokens=max_new_tokens) if max_new_tokens else self.settings
-        raw, new_tokens, _ = generate(self.model, self.tokenizer, [render_prompt(c) for c in conversations], settings)
+        raw, new_tokens, _ = generate(self.model, self.tokenizer, conversations, settings)
         return [strip_think(text) for text in raw], new_tokens
 
     def predict(self, context, model_input, params=None):

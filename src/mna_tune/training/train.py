@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -66,16 +68,32 @@ def dataset_inputs(params: Params, lock: Path = Path("dvc.lock")) -> list[dict]:
     return out
 
 
+def _remove_checkpoints_of(run_id: str, keep: Path) -> None:
+    """The checkpoints of a killed run that this training does not resume: with other params
+    or data it could never be resumed by the same job again, so they would stay forever."""
+    for run_file in keep.parent.glob("*/mlflow_run.json"):
+        if run_file.parent != keep and json.loads(run_file.read_text(encoding="utf-8")).get("run_id") == run_id:
+            shutil.rmtree(run_file.parent, ignore_errors=True)
+
+
 def _start_or_resume_run(params: Params, checkpoints: Path, resume: bool):
+    """The interrupted run goes on (one MLflow run, one loss curve); otherwise a new one.
+    Runs that a killed process left RUNNING on this machine are marked KILLED first."""
     from ..registry.tracking import Tracker, git_info
 
     tracker = Tracker(params.mlflow)
     run_file = checkpoints / "mlflow_run.json"
-    if resume and run_file.is_file():  # the interrupted run goes on: one MLflow run, one loss curve
-        run_id = json.loads(run_file.read_text(encoding="utf-8"))["run_id"]
-        tracker.set_tags(run_id, {"resumed": "true"})
-        return tracker, run_id
-    tags = git_info()
+    resumed = json.loads(run_file.read_text(encoding="utf-8"))["run_id"] if resume and run_file.is_file() else None
+    for run_id in tracker.end_orphans():
+        if run_id != resumed:
+            print(f"train: MLflow run {run_id} was left RUNNING by a process that is gone: marked KILLED")
+            _remove_checkpoints_of(run_id, keep=checkpoints)
+    if resumed:
+        tracker.client.update_run(resumed, status="RUNNING")
+        tracker.claim(resumed)
+        tracker.set_tags(resumed, {"resumed": "true"})
+        return tracker, resumed
+    tags = git_info(params.paths.outputs())
     run_id = tracker.start_run(
         run_name=tags.get("dvc_exp_name") or f"repro-{tags['git_commit'][:8]}",
         params=params.model_dump(mode="json", exclude={"paths"}),
@@ -87,23 +105,27 @@ def _start_or_resume_run(params: Params, checkpoints: Path, resume: bool):
     return tracker, run_id
 
 
-def train_metrics(trainer, result, params: Params, rows: dict, seconds: float) -> dict:
+def train_metrics(trainer, result, rows: dict, seconds: float) -> tuple[dict, dict]:
+    """(the DVC metrics: what the same params and data always give; everything, for MLflow:
+    timings and throughput change from run to run, so they stay out of DVC)."""
     history = trainer.state.log_history
     losses = [entry["loss"] for entry in history if "loss" in entry]
     evals = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
-    return {
+    headline = {
         "train_loss": round(float(result.training_loss), 6),
-        "final_step_loss": round(float(losses[-1]), 6) if losses else None,
         "val_loss": round(float(evals[-1]), 6) if evals else None,
         "steps": int(result.global_step),
+    }
+    everything = {
+        **headline,
+        "final_step_loss": round(float(losses[-1]), 6) if losses else None,
         "processes": int(trainer.args.world_size),  # what the Trainer really ran with
-        "packing": params.train.packing,
         **rows,
-        "too_long_action": params.train.too_long,
         "trainable_params": int(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)),
         "train_seconds": round(seconds, 2),
         "train_samples_per_second": round(float(result.metrics.get("train_samples_per_second", 0.0)), 3),
     }
+    return headline, everything
 
 
 def write_loss_plot(trainer, path: Path) -> None:
@@ -114,14 +136,15 @@ def write_loss_plot(trainer, path: Path) -> None:
                 out.write(f"{entry['step']},{entry['loss']}\n")
 
 
-def run_train(params: Params) -> dict | None:
-    """Train and write the stage's outputs; returns the metrics (None on ranks other than 0)."""
+def run_train(params: Params, check_inputs=lambda: None) -> dict | None:
+    """Train and write the stage's outputs; returns the DVC metrics (None on ranks other
+    than 0). `check_inputs` raises when params or inputs changed during training."""
     from transformers import set_seed
 
     from ..modeling import check_device_support, load_base_model, load_tokenizer
     from .distributed import is_main_process
 
-    paths, splits, cfg = params.paths.train, params.paths.split, params.train
+    splits, cfg = params.paths.split, params.train
     check_device_support(params.model)
     main = is_main_process()
     set_seed(cfg.seed)  # same seed on every rank: identical LoRA initialisation
@@ -137,37 +160,51 @@ def run_train(params: Params) -> dict | None:
     if not train_records:
         raise ValueError(f"{splits.train}: every row is longer than train.max_length ({cfg.max_length} tokens); "
                          "raise it or set train.too_long: keep")
+    rows = {"train_rows": len(train_records), "val_rows": len(val_records), "rows_longer_than_max_length": too_long,
+            "val_rows_longer_than_max_length": val_too_long, "max_length_used": max_length}
 
     checkpoints = checkpoint_dir(params)
     resume = any(checkpoints.glob("checkpoint-*/trainer_state.json"))
-    tracker, run_id = _start_or_resume_run(params, checkpoints, resume) if main else (None, None)
+    if not main:
+        trainer = build_trainer(params, model, tokenizer, train_records, val_records, checkpoints, max_length)
+        trainer.train(resume_from_checkpoint=True if resume else None)
+        return None
+    tracker, run_id = _start_or_resume_run(params, checkpoints, resume)
+    try:  # from here on the run ends FINISHED, FAILED (with the error) or KILLED, never RUNNING
+        metrics = _train_and_save(params, model, tokenizer, train_records, val_records, checkpoints, max_length,
+                                  resume, tracker, run_id, rows, check_inputs)
+    except (KeyboardInterrupt, SystemExit) as stop:
+        tracker.end_run(run_id, "KILLED", stop)
+        raise
+    except BaseException as error:
+        tracker.end_run(run_id, "FAILED", error)
+        if not any(checkpoints.glob("checkpoint-*")):  # nothing to resume from: leave nothing behind
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        raise
+    shutil.rmtree(checkpoints, ignore_errors=True)  # done: the adapter is the artifact now
+    tracker.end_run(run_id)  # evaluate adds its metrics and the registry version to this run
+    return metrics
+
+
+def _train_and_save(params, model, tokenizer, train_records, val_records, checkpoints, max_length, resume, tracker,
+                    run_id, rows, check_inputs) -> dict:
+    paths = params.paths.train
     trainer = build_trainer(params, model, tokenizer, train_records, val_records, checkpoints, max_length,
-                            callbacks=[tracker.step_callback(run_id)] if main else [])
-    if resume and main:
+                            callbacks=[tracker.step_callback(run_id)])
+    if resume:
         print(f"train: resuming from the last checkpoint in {checkpoints}")
     started = time.perf_counter()
-    try:
-        result = trainer.train(resume_from_checkpoint=True if resume else None)
-    except BaseException:
-        if main:
-            tracker.end_run(run_id, "FAILED")
-        raise
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - started
-    if not main:
-        return None
-
+    check_inputs()  # another run changed params or data meanwhile: write nothing, DVC locks nothing
     save_adapter(trainer, paths.adapter)
-    rows = {"train_rows": len(train_records), "val_rows": len(val_records), "rows_longer_than_max_length": too_long,
-            "val_rows_longer_than_max_length": val_too_long, "max_length_used": max_length}
-    metrics = train_metrics(trainer, result, params, rows, seconds)
+    metrics, everything = train_metrics(trainer, result, rows, seconds)
     write_loss_plot(trainer, paths.loss_plot)
     write_json(paths.metrics, metrics)
     write_json(paths.run_info, {"run_id": run_id, "tracking_uri": tracker.uri})
-    tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None and not isinstance(v, bool)})
+    tracker.log_metrics(run_id, {k: v for k, v in everything.items() if v is not None})
     tracker.log_artifacts(run_id, paths.adapter, "adapter")
-    shutil.rmtree(checkpoints, ignore_errors=True)  # done: the adapter is the artifact now
-    tracker.end_run(run_id)  # evaluate adds its metrics and the registry version to this run
-    print(f"train: {metrics['steps']} steps on {metrics['processes']} process(es), loss {metrics['train_loss']}, "
+    print(f"train: {metrics['steps']} steps on {everything['processes']} process(es), loss {metrics['train_loss']}, "
           f"val loss {metrics['val_loss']}, {seconds:.1f}s; adapter in {paths.adapter}; MLflow run {run_id}")
     return metrics
 
@@ -180,4 +217,6 @@ def main(params: Params, args) -> None:
 
     relaunch_if_needed(params.train, args.argv)
     keep_freed_memory()
-    run_train(params)
+    # SIGTERM (a stopped `dvc exp`, a scheduler) ends the MLflow run as KILLED, not RUNNING
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    run_train(params, args.check_inputs)

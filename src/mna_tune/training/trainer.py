@@ -2,7 +2,8 @@
 
 Rows are rendered by chat.py as prompt (system + user + assistant header with the empty
 Qwen3 think block) and completion (answer + <|im_end|>). TRL's prompt-completion path
-masks the prompt, so only the answer and its end-of-turn token carry loss.
+masks the prompt, so only the answer and its end-of-turn token carry loss. The trainer is
+TRL's SFTTrainer with its loss computed only at those positions, in chunks (loss.py).
 """
 
 from __future__ import annotations
@@ -83,11 +84,11 @@ def sft_args(params: Params, output_dir: Path, max_length: int, has_eval: bool, 
 def build_trainer(params: Params, model, tokenizer, train_records: list[dict], val_records: list[dict],
                   output_dir: Path, max_length: int, callbacks=(), **overrides):
     from datasets import Dataset
-    from trl import SFTTrainer
 
     from ..modeling import lora_config
+    from .loss import kept_token_trainer_class
 
-    return SFTTrainer(
+    return kept_token_trainer_class()(
         model=model,
         args=sft_args(params, output_dir, max_length, bool(val_records), **overrides),
         train_dataset=Dataset.from_list(train_records),
