@@ -38,6 +38,7 @@ from .similarity import (
     distinct_items,
     gather_rows,
     greedy_keepers,
+    map_large_arrays,
     release_memory,
     vectorize_chunk,
 )
@@ -114,6 +115,7 @@ def run_merge(mna_path: Path, aihub_rows: Path, params: MergeParams, paths: Merg
     aihub_rows = require_input(aihub_rows, "filter", "the filtered rows")
     processes = processes or default_processes()
     threshold = params.near_dup_threshold
+    map_large_arrays()
     with worker_pool(processes) as pool:
         return _merge(mna_rows, Path(mna_path), aihub_rows, threshold, paths, processes, pool)
 

@@ -45,10 +45,10 @@ from .text import match_key
 N_FEATURES = 2**20
 CHUNK_ROWS = 512  # most query rows per dense block in nearest()
 DENSE_BLOCK = 1 << 22  # most entries (query rows x corpus items) of one dense block in nearest()
-CHUNK_PAIRS = 100_000  # candidate pairs whose overlap is computed at once
+CHUNK_PAIRS = 50_000  # candidate pairs whose overlap is computed at once
 VECTOR_CHUNK = 4096  # texts per vectorizing task
 PAIR_BUDGET = 60_000_000  # candidate pairs made and compared, per search (well under 1 us each)
-BLOCK_PAIRS = 1_000_000  # candidate pairs made per block (bounds the memory of a block)
+BLOCK_PAIRS = 500_000  # candidate pairs made per block (bounds the memory of a block)
 WINDOW, PIVOTS = 16, 16  # per item of a capped list, at most (fewer when the budget is tight)
 PREFIX_CHUNK = 1_000_000  # n-gram entries sorted at once while choosing prefixes
 SKETCH = 64  # hash buckets of the overlap bound (a power of two)
@@ -83,7 +83,7 @@ def _set_hash(indptr: np.ndarray, indices: np.ndarray, seed: int) -> np.ndarray:
 
 
 _WORDS: dict[str, tuple[int, ...]] = {}  # per process: a word's n-gram features (char_wb pads each word alone)
-WORD_CACHE = 500_000
+WORD_CACHE = 200_000
 
 
 def vectorize_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -272,8 +272,15 @@ class ItemsBuilder:
     def finish(self) -> Items:
         item_of_row = np.concatenate(self.item_of_row) if self.item_of_row else np.zeros(0, np.int64)
         first_row = np.concatenate(self.first_row) if self.first_row else np.zeros(0, np.int64)
-        items = Items(np.concatenate(self.pointers), np.concatenate(self.pieces) if self.pieces else
-                      np.zeros(0, np.int32), item_of_row, first_row, np.bincount(item_of_row, minlength=len(first_row)))
+        indices = np.empty(self.entries, np.int32)
+        at = 0
+        while self.pieces:  # piece by piece, each freed once copied: never two copies of all vectors
+            piece = self.pieces.pop(0)
+            indices[at:at + len(piece)] = piece
+            at += len(piece)
+            del piece
+        items = Items(np.concatenate(self.pointers), indices, item_of_row, first_row,
+                      np.bincount(item_of_row, minlength=len(first_row)))
         self.__init__()
         return items
 
@@ -287,16 +294,32 @@ def distinct_items(texts: Iterable[str], processes: int = 1) -> Items:
     return builder.finish()
 
 
-def release_memory() -> None:
-    """Hand freed heap memory back to the system (glibc keeps it otherwise; a no-op elsewhere)."""
+def _libc():
     import ctypes
     import sys
 
-    if sys.platform.startswith("linux"):
-        try:  # by name: ctypes.util.find_library would fork a helper process of this (large) one
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+    if not sys.platform.startswith("linux"):
+        return None
+    try:  # by name: ctypes.util.find_library would fork a helper process of this (large) one
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the system (glibc keeps it otherwise; a no-op elsewhere)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def map_large_arrays() -> None:
+    """Let every allocation over 1 MiB be its own mapping, returned to the system when freed.
+    glibc otherwise raises that threshold after the first large free and serves the many
+    same-sized vector chunks from its heap, where freed holes stay resident."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD (a fixed value also stops its adjustment)
 
 
 # ---- the bounded pair search ----
@@ -348,7 +371,9 @@ def _prefixes(items: Items, threshold: float) -> tuple[np.ndarray, np.ndarray, n
     """Each item's rarest n-grams (rarest first, ties by id), as (prefix indptr, n-grams), and
     per item the two smallest min-hash values of its prefix and the n-gram of the smallest."""
     sizes = items.sizes
-    document_frequency = np.bincount(items.indices, minlength=N_FEATURES).astype(np.int64)
+    document_frequency = np.zeros(N_FEATURES, np.int64)
+    for start in range(0, len(items.indices), PREFIX_CHUNK):  # bincount copies its input as int64: in pieces
+        document_frequency += np.bincount(items.indices[start:start + PREFIX_CHUNK], minlength=N_FEATURES)
     keep = np.maximum(sizes - np.ceil(threshold * threshold * sizes - 1e-9).astype(np.int64) + 1, 0)
     keep = np.minimum(keep, sizes)
     pre_indptr = np.concatenate([np.zeros(1, np.int64), np.cumsum(keep)])
@@ -383,6 +408,30 @@ def _prefixes(items: Items, threshold: float) -> tuple[np.ndarray, np.ndarray, n
     return pre_indptr, features, smallest, second, smallest_feature
 
 
+def _lists(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A counting sort of the prefix entries by n-gram, stable (so by item within an n-gram),
+    PREFIX_CHUNK entries at a time: (entry at each place, each list's first place plus the end,
+    each list's n-gram)."""
+    index = np.int32 if len(features) < 2**31 else np.int64
+    counts = np.zeros(N_FEATURES, np.int64)
+    for start in range(0, len(features), PREFIX_CHUNK):
+        counts += np.bincount(features[start:start + PREFIX_CHUNK], minlength=N_FEATURES)
+    present = np.flatnonzero(counts)
+    begin = np.concatenate([np.zeros(1, np.int64), np.cumsum(counts)])
+    fill = begin[:-1].copy()  # the next free place of each n-gram's list
+    order = np.empty(len(features), index)
+    for start in range(0, len(features), PREFIX_CHUNK):
+        chunk = features[start:start + PREFIX_CHUNK]
+        by_feature = np.argsort(chunk, kind="stable")
+        ordered = chunk[by_feature]
+        new = np.concatenate([[True], ordered[1:] != ordered[:-1]])
+        group_start = np.flatnonzero(new)
+        rank = np.arange(len(chunk)) - np.repeat(group_start, np.diff(np.concatenate([group_start, [len(chunk)]])))
+        order[fill[ordered] + rank] = by_feature + start
+        fill += np.bincount(chunk, minlength=N_FEATURES)
+    return order, np.concatenate([begin[present], [len(features)]]), present.astype(np.int32)
+
+
 def _plan_caps(list_sizes: np.ndarray, budget: int) -> tuple[int | None, int]:
     """(cap, comparisons per entry of a capped list): lists longer than cap are capped, as few
     as the budget allows, and the rest of the budget goes to the capped lists' comparisons.
@@ -406,15 +455,9 @@ def _plan_caps(list_sizes: np.ndarray, budget: int) -> tuple[int | None, int]:
 
 def _plan(items: Items, threshold: float, budget: int, stats: SearchStats) -> _Plan:
     pre_indptr, features, smallest, second, smallest_feature = _prefixes(items, threshold)
-    owner = np.repeat(np.arange(items.count, dtype=np.int32), np.diff(pre_indptr))
-    order = _order((features, N_FEATURES - 1), (owner, items.count))  # by n-gram, then item: the lists
-    members = owner[order]
-    listed = features[order]
-    del owner
-    starts = np.flatnonzero(np.concatenate([[True], listed[1:] != listed[:-1]])) if len(listed) else np.zeros(0, int)
-    list_start = np.concatenate([starts, [len(members)]]).astype(np.int64)
-    list_feature = listed[starts] if len(listed) else np.zeros(0, np.int32)
-    del listed
+    order, list_start, list_feature = _lists(features)  # by n-gram, then item: the lists
+    members = np.repeat(np.arange(items.count, dtype=np.int32), np.diff(pre_indptr))[order]  # each place's item
+    del features
     list_sizes = np.diff(list_start)
     cap, per_entry = _plan_caps(list_sizes, budget)
     capped = list_sizes > cap if cap is not None else np.zeros(len(list_sizes), bool)

@@ -30,6 +30,7 @@ from .similarity import (
     Items,
     ItemsBuilder,
     components,
+    map_large_arrays,
     near_groups,
     nearest_rows,
     release_memory,
@@ -40,6 +41,7 @@ from .text import question_key, unit_interval
 
 SPLITS = ("train", "val", "test")
 NEAREST_WORK = 2_000_000_000  # multiply-adds of the exact nearest-train lookup; above, the pair search's candidates
+NEAREST_ENTRIES = 20_000_000  # n-gram entries of all questions the exact lookup holds as float64 (240 MB)
 PARTNERS = 8  # candidates kept per question for the bounded nearest-train lookup
 
 
@@ -91,7 +93,7 @@ def _nearest_train(items: Items, item_split: np.ndarray, partners: BestNeighbour
     found: dict[int, tuple[int | None, float]] = {}
     work = float(_feature_counts(items, np.where(item_split != 0, items.multiplicity, 0))
                  @ _feature_counts(items, np.where(item_split == 0, items.multiplicity, 0)))
-    if work <= NEAREST_WORK or partners is None:
+    if (work <= NEAREST_WORK and len(items.indices) <= NEAREST_ENTRIES) or partners is None:
         if not len(train):
             return {int(item): (None, 0.0) for item in held_out}, "exact"
         norms = 1.0 / np.sqrt(np.maximum(items.sizes, 1).astype(np.float64))
@@ -158,6 +160,7 @@ def _questions(batch: list[tuple[int, bytes]], path: str) -> tuple[np.ndarray, n
 def run_split(params: SplitParams, merged: Path, paths: SplitPaths, processes: int | None = None) -> dict:
     merged = require_input(merged, "merge", "the merged rows")
     processes = processes or default_processes()
+    map_large_arrays()
     builder = ItemsBuilder()
     keys = []
     with worker_pool(processes) as pool:
@@ -172,7 +175,8 @@ def run_split(params: SplitParams, merged: Path, paths: SplitPaths, processes: i
     # the bounded nearest-train lookup needs the search's candidates: keep some when the exact
     # lookup could be too costly (its cost is known only once the splits are)
     everywhere = _feature_counts(items, items.multiplicity)
-    partners = BestNeighbours(items.count, PARTNERS) if float(everywhere @ everywhere) / 4 > NEAREST_WORK else None
+    costly = float(everywhere @ everywhere) / 4 > NEAREST_WORK or len(items.indices) > NEAREST_ENTRIES
+    partners = BestNeighbours(items.count, PARTNERS) if costly else None
     release_memory()
     labels, near_pairs, search = near_groups(items, params.leakage_threshold, processes=processes, partners=partners)
     label_of_row = labels[items.item_of_row]
