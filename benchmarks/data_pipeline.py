@@ -5,6 +5,7 @@ floor, all on the same files in the same run. Prints a Markdown table.
     .venv/bin/python benchmarks/data_pipeline.py                 # N = 1,000,000 (writes ~310 MB once)
     .venv/bin/python benchmarks/data_pipeline.py --rows 100000
     .venv/bin/python benchmarks/data_pipeline.py --case templated   # low-vocabulary, templated questions
+    .venv/bin/python benchmarks/data_pipeline.py --min-score 0      # every row through merge and split
 
 - baseline: the notebook's approach: `json.load` of each entry into Python lists (QA of
   `contents[0]` for Other.zip, `data_info` for the label files), then a pandas DataFrame
@@ -126,9 +127,11 @@ def run_step(step: str, root: Path, workspace: Path) -> dict:
     return {**info, "seconds": seconds, "rss_mib": own + workers, "own_mib": own, "worker_mib": workers}
 
 
-def prepare_workspace(root: Path, workspace: Path) -> None:
+def prepare_workspace(root: Path, workspace: Path, min_score: float | None = None) -> None:
     workspace.mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    if min_score is not None:
+        params["filter"]["min_score"] = min_score
     params["data"] = {"aihub_dir": str(root), "mna_path": str(REPO / "data/sample/mna_qa.json")}
     params["filter"]["lexicon_path"] = str(REPO / "data/lexicon/domain_terms.tsv")
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
@@ -140,6 +143,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="download folder (default: a cached synthetic one in /tmp)")
     parser.add_argument("--case", choices=("diverse", "templated"), default="diverse",
                         help="the synthetic download's text (benchmarks/make_aihub.py)")
+    parser.add_argument("--min-score", type=float, help="filter.min_score (default: params.yaml's)")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--workspace", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -156,7 +160,7 @@ def main() -> None:
         make_download(args.rows, root, case=args.case)
     with tempfile.TemporaryDirectory() as scratch:
         workspace = Path(scratch)
-        prepare_workspace(root, workspace)
+        prepare_workspace(root, workspace, args.min_score)
         results = {}
         for step in ("floor-json", "floor-orjson", "baseline", "extract", "filter", "merge", "split"):
             done = subprocess.run([sys.executable, __file__, "--step", step, "--workspace", str(workspace),
@@ -166,7 +170,8 @@ def main() -> None:
                 raise SystemExit(f"{step} failed:\n{done.stderr[-3000:]}")
             results[step] = json.loads(done.stdout.strip().splitlines()[-1])
     size = sum(path.stat().st_size for path in root.rglob("*.zip")) / 2**20
-    print(f"{args.rows:,} QA rows, {args.case} case ({size:.0f} MiB of zips), {os.cpu_count()} cores "
+    score = "" if args.min_score is None else f", filter.min_score {args.min_score:g}"
+    print(f"{args.rows:,} QA rows, {args.case} case{score} ({size:.0f} MiB of zips), {os.cpu_count()} cores "
           f"({platform.processor() or platform.machine()}), Python {platform.python_version()}\n")
     print("| step | rows in | rows out | wall s | peak RSS MiB | output MiB | vs baseline | vs floor (orjson) | note |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")

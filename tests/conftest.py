@@ -10,6 +10,9 @@ sys.path.insert(0, str(Path(__file__).parent))  # helpers, aihub_factory
 # Nothing in the tests may reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# Data stages run in this (many-threaded) pytest process: forked workers could deadlock here.
+# Tests that check parallel reading pass processes=2 themselves, on a small input.
+os.environ.setdefault("MNA_TUNE_DATA_PROCESSES", "1")
 
 
 @pytest.fixture(scope="session")

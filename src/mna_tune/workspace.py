@@ -200,11 +200,34 @@ def stage_inputs(stage: str, params_path: Path | str = "params.yaml", dvc_yaml: 
     return inputs
 
 
+def _first_changed_leaf(key: str, old: dict, new: dict) -> str:
+    """`params train` -> `params train.learning_rate`: the first key whose value differs."""
+    for name in sorted(set(old) | set(new)):
+        if old.get(name) != new.get(name):
+            if isinstance(old.get(name), dict) and isinstance(new.get(name), dict):
+                return _first_changed_leaf(f"{key}.{name}", old[name], new[name])
+            return f"{key}.{name}"
+    return key
+
+
+def _leaf_values(inputs: dict, dotted_key: str) -> dict:
+    """inputs with the value of a dotted params key (`params train.learning_rate`) added."""
+    name, _, path = dotted_key.partition(" ")
+    section, _, rest = path.partition(".")
+    value = inputs.get(f"{name} {section}")
+    for part in rest.split(".") if rest else []:
+        value = value.get(part) if isinstance(value, dict) else None
+    return {**inputs, dotted_key: value}
+
+
 def check_stage_inputs(stage: str, before: dict, params_path: Path | str = "params.yaml") -> None:
     """Fail in one line when params or deps changed since `before` (another run in this
     workspace): DVC then writes no lock for this stage and nothing is registered."""
     after = stage_inputs(stage, params_path)
     changed = [key for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
+    if changed and changed[0].startswith("params ") and isinstance(before.get(changed[0]), dict):
+        changed[0] = _first_changed_leaf(changed[0], before.get(changed[0]), after.get(changed[0]) or {})
+        before, after = _leaf_values(before, changed[0]), _leaf_values(after, changed[0])
     if changed:
         what = changed[0] if not changed[0].startswith("params ") else \
             f"{changed[0]} ({before.get(changed[0])!r} -> {after.get(changed[0])!r})"

@@ -10,6 +10,12 @@ from typing import Any
 
 
 def default_processes() -> int:
+    """Worker processes for the data stages: MNA_TUNE_DATA_PROCESSES, else up to 2. The test
+    suite sets 1: forking a process that already runs many threads (servers, torch) can
+    deadlock in the child, which a fresh `mna-tune <stage>` process never does."""
+    configured = os.environ.get("MNA_TUNE_DATA_PROCESSES", "").strip()
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
     return min(2, os.cpu_count() or 1)
 
 

@@ -456,8 +456,11 @@ def _plan_caps(list_sizes: np.ndarray, budget: int) -> tuple[int | None, int]:
 def _plan(items: Items, threshold: float, budget: int, stats: SearchStats) -> _Plan:
     pre_indptr, features, smallest, second, smallest_feature = _prefixes(items, threshold)
     order, list_start, list_feature = _lists(features)  # by n-gram, then item: the lists
-    members = np.repeat(np.arange(items.count, dtype=np.int32), np.diff(pre_indptr))[order]  # each place's item
     del features
+    members = np.empty(len(order), np.int32)  # each place's item, PREFIX_CHUNK places at a time
+    for start in range(0, len(order), PREFIX_CHUNK):
+        members[start:start + PREFIX_CHUNK] = np.searchsorted(pre_indptr, order[start:start + PREFIX_CHUNK],
+                                                              side="right") - 1
     list_sizes = np.diff(list_start)
     cap, per_entry = _plan_caps(list_sizes, budget)
     capped = list_sizes > cap if cap is not None else np.zeros(len(list_sizes), bool)
@@ -493,8 +496,9 @@ def _plan(items: Items, threshold: float, budget: int, stats: SearchStats) -> _P
         stats.capped_lists = len(capped_lists)
     stats.items, stats.cap, stats.window, stats.pivots = items.count, cap, window, pivots
     stats.largest_list = int(list_sizes.max()) if len(list_sizes) else 0
-    position = np.empty(len(order), np.int64 if len(order) >= 2**31 else np.int32)
-    position[order] = np.arange(len(order))
+    position = np.empty(len(order), order.dtype)  # each entry's place: the inverse of order
+    for start in range(0, len(order), PREFIX_CHUNK):
+        position[order[start:start + PREFIX_CHUNK]] = np.arange(start, min(start + PREFIX_CHUNK, len(order)))
     del order
     plan = _Plan(threshold, items.sizes, pre_indptr, position, members, list_start, capped, pivot_max, window,
                  _sketch(items))

@@ -17,7 +17,7 @@ from collections import defaultdict
 from typing import Any
 
 from ..params import MlflowParams
-from .tracking import connect
+from .tracking import connect, tracking_uri
 
 CODE_SOURCE = "mna-tune evaluate"
 ROW_ID = "row_id"  # the key in each trace's inputs that names its test row
@@ -75,6 +75,10 @@ def log_eval_traces(params: MlflowParams, run_id: str, rows: list[dict]) -> int:
     if not rows:
         return 0
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline: no usage events
+    # A sqlite store takes one writer at a time: MLflow's default 10 evaluation threads
+    # exhaust its connection pool and traces are dropped after 30 s waits.
+    if tracking_uri(params).startswith("sqlite:"):
+        os.environ.setdefault("MLFLOW_GENAI_EVAL_MAX_WORKERS", "1")
     mlflow, client, _ = connect(params)
     run = client.get_run(run_id)
     experiment_id = run.info.experiment_id
