@@ -1,12 +1,18 @@
 """What several test files need: the repository's params with overrides, tiny splits, a
-subprocess environment for the CLI, free ports and waiting for a server."""
+subprocess environment for the CLI, free ports, waiting for a server, and a fake
+OpenAI-compatible chat endpoint on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import yaml
@@ -100,3 +106,117 @@ def wait_until(ready, timeout_s: float, what: str, alive=lambda: True, interval_
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not ready after {timeout_s:.0f} s")
         time.sleep(interval_s)
+
+
+# ---- a fake OpenAI-compatible chat endpoint ----
+
+class FakeChatEndpoint:
+    """Records every request ({path, headers, body}) and answers the scripted (status, body)
+    pairs first, in order, then 200 with `content(request)` as the assistant message, after
+    `delay_s`. Subclasses say what the content is."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests: list[dict] = []
+        self.script: list[tuple[int, str]] = []
+        self.delay_s = 0.0
+        self.in_flight = self.max_in_flight = 0
+        self.url = ""
+
+    def content(self, request: dict) -> str:
+        raise NotImplementedError
+
+    def respond(self, request: dict) -> tuple[int, str]:
+        with self.lock:
+            if self.script:
+                return self.script.pop(0)
+        message = {"role": "assistant", "content": self.content(request)}
+        return 200, json.dumps({"choices": [{"index": 0, "message": message}]})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64  # the default backlog of 5 drops concurrent connects (1 s SYN retry)
+
+
+def _handler(state: FakeChatEndpoint):
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            request = {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
+            with state.lock:
+                state.requests.append(request)
+                state.in_flight += 1
+                state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            try:
+                time.sleep(state.delay_s)
+                status, payload = state.respond(request)
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
+            data = payload.encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):  # keep pytest output clean
+            pass
+
+    return Handler
+
+
+@contextlib.contextmanager
+def serve_chat(state: FakeChatEndpoint, monkeypatch) -> Iterator[FakeChatEndpoint]:
+    """`state` served on a free port of 127.0.0.1 (its `url`), never through a proxy."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    httpd = _Server(("127.0.0.1", 0), _handler(state))
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+# ---- a fake LLM judge: reads the repository's prompts, answers by the requested schema ----
+
+def _between(text: str, start: str, end: str | None) -> str:
+    tail = text.split(start, 1)[1]
+    return (tail.split(end, 1)[0] if end else tail).strip("\n")
+
+
+def fields_of(kind: str, prompt: str) -> dict:
+    """What the repository's prompts put where (the fake reads its own prompt, not a reply)."""
+    question = _between(prompt, "질문:\n", "\n\n참고 답변:\n")
+    if kind == "pairwise":
+        return {"question": question, "a": _between(prompt, "\n답변 A:\n", "\n\n답변 B:\n"),
+                "b": _between(prompt, "\n답변 B:\n", None)}
+    return {"question": question, "answer": _between(prompt, "\n답변:\n", None)}
+
+
+def prefer_adapter(kind, fields):
+    if kind == "pairwise":
+        winner = "A" if "어댑터" in fields["a"] else "B" if "어댑터" in fields["b"] else "tie"
+        return {"reason": f"{winner} 쪽이 더 정확합니다.", "winner": winner}
+    good = "어댑터" in fields["answer"]
+    return {"reason": "좋은 답변" if good else "부족한 답변", "accuracy": 4 if good else 2, "korean": 5 if good else 3,
+            "terminology": 3 if good else 1, "completeness": 4 if good else 2}
+
+
+class FakeJudge(FakeChatEndpoint):
+    """Answers by the schema each request names, with the policy a test picks."""
+
+    def __init__(self):
+        super().__init__()
+        self.policy = prefer_adapter
+
+    def content(self, request: dict) -> str:
+        body = request["body"]
+        kind = body["response_format"]["json_schema"]["name"].removesuffix("_verdict")
+        content = self.policy(kind, fields_of(kind, body["messages"][-1]["content"]))
+        return content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)

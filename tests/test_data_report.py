@@ -21,16 +21,16 @@ def test_length_stats_against_hand_computed_values():
 def test_report_counts_real_qwen3_tokens_and_rows_per_stage(tmp_path, qwen3_tokenizer):
     out = tmp_path / "processed"
     paths = SplitPaths(train=out / "train.jsonl", val=out / "val.jsonl", test=out / "test.jsonl",
-                       leakage=tmp_path / "leakage.jsonl", metrics=tmp_path / "split.json",
+                       leakage=tmp_path / "leakage.jsonl", summary=tmp_path / "split.json",
                        data_report=tmp_path / "report.json", rows_plot=tmp_path / "rows.csv",
                        lengths_plot=tmp_path / "lengths.csv")
     params = repo_params(train={"max_length": 150})
     params = params.model_copy(update={"paths": params.paths.model_copy(update={
         "split": paths, "extract": ExtractPaths(rows=tmp_path / "x", rejects=tmp_path / "x", report=tmp_path / "x",
-                                                metrics=tmp_path / "extract.json"),
-        "filter": FilterPaths(kept=tmp_path / "x", dropped=tmp_path / "x", metrics=tmp_path / "filter.json"),
+                                                summary=tmp_path / "extract.json"),
+        "filter": FilterPaths(kept=tmp_path / "x", dropped=tmp_path / "x", summary=tmp_path / "filter.json"),
         "merge": MergePaths(rows=tmp_path / "merged.jsonl", duplicates=tmp_path / "x", near_duplicates=tmp_path / "x",
-                            metrics=tmp_path / "x")})})
+                            summary=tmp_path / "x")})})
     (tmp_path / "extract.json").write_text(json.dumps({"rows_by_category": {"사회": 7, "종교": 2}}))
     (tmp_path / "filter.json").write_text(json.dumps({"kept_by_category": {"사회": 3}}))
     long_answer = "합병 " * 400  # far beyond 150 tokens

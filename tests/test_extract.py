@@ -16,7 +16,7 @@ from conftest import REPO
 
 def paths(tmp_path):
     return ExtractPaths(rows=tmp_path / "out/rows.parquet", rejects=tmp_path / "out/rejects.jsonl",
-                        report=tmp_path / "out/report.json", metrics=tmp_path / "out/metrics.json")
+                        report=tmp_path / "out/report.json", summary=tmp_path / "out/metrics.json")
 
 
 def extract(tmp_path, root, on_error="fail"):

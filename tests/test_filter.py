@@ -29,7 +29,7 @@ ROWS = [
 def run(tmp_path, **overrides):
     params = repo_params(filter={"min_score": 0, **overrides}).filter
     paths = FilterPaths(kept=tmp_path / "kept.parquet", dropped=tmp_path / "dropped.parquet",
-                        metrics=tmp_path / "m.json")
+                        summary=tmp_path / "m.json")
     write_jsonl(tmp_path / "in.jsonl", ROWS)
     metrics = run_filter(params, tmp_path / "in.jsonl", paths)
     return metrics, list(read_rows(paths.kept)), list(read_rows(paths.dropped))
@@ -112,7 +112,7 @@ def test_rows_with_chat_markers_are_dropped_counted_and_listed_with_their_origin
             ])]
     write_jsonl(tmp_path / "in.jsonl", rows)
     paths = FilterPaths(kept=tmp_path / "kept.parquet", dropped=tmp_path / "dropped.parquet",
-                        metrics=tmp_path / "m.json")
+                        summary=tmp_path / "m.json")
     metrics = run_filter(repo_params(filter={"min_score": 0}).filter, tmp_path / "in.jsonl", paths)
     assert metrics["dropped"]["chat_markers"] == 4 and metrics["rows_kept"] == 1
     dropped = list(read_rows(paths.dropped))
@@ -127,7 +127,7 @@ def test_zero_width_characters_do_not_hide_domain_terms_or_length(tmp_path):
             row("\u200b\u200b\u200b", "보이지 않는 질문입니다.")]
     write_jsonl(tmp_path / "in.jsonl", rows)
     paths = FilterPaths(kept=tmp_path / "kept.parquet", dropped=tmp_path / "dropped.parquet",
-                        metrics=tmp_path / "m.json")
+                        summary=tmp_path / "m.json")
     metrics = run_filter(repo_params(filter={"min_score": 30}).filter, tmp_path / "in.jsonl", paths)
     kept = list(read_rows(paths.kept))
     assert len(kept) == 1 and "간이합병(+35)" in kept[0]["score_reason"]

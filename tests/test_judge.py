@@ -3,10 +3,16 @@ endpoint: it answers by the JSON schema each request names in `response_format`,
 policy the test picks (prefer the adapter, always prefer position A, ...)."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from helpers import (
+    REPO,
+    FakeJudge,
+    prefer_adapter,
+    repo_params,
+    serve_chat,
+    with_section,
+)
 
 from mna_tune.evaluation import judge as judge_module
 from mna_tune.evaluation.judge import (
@@ -23,37 +29,12 @@ from mna_tune.evaluation.judge import (
 from mna_tune.params import GateParams, ParamsError, load_params
 from mna_tune.registry.promotion import decide
 
-from helpers import REPO, repo_params, with_section
-
 SECRET = "sk-judge-7d1e-not-a-real-key"
 PAIRWISE_PROMPT = REPO / "prompts/judge_pairwise.txt"
 RUBRIC_PROMPT = REPO / "prompts/judge_rubric.txt"
 
 
-# ---- the fake judge ----
-
-def _between(text: str, start: str, end: str | None) -> str:
-    tail = text.split(start, 1)[1]
-    return (tail.split(end, 1)[0] if end else tail).strip("\n")
-
-
-def fields_of(kind: str, prompt: str) -> dict:
-    """What the repository's prompts put where (the fake reads its own prompt, not a reply)."""
-    question = _between(prompt, "질문:\n", "\n\n참고 답변:\n")
-    if kind == "pairwise":
-        return {"question": question, "a": _between(prompt, "\n답변 A:\n", "\n\n답변 B:\n"),
-                "b": _between(prompt, "\n답변 B:\n", None)}
-    return {"question": question, "answer": _between(prompt, "\n답변:\n", None)}
-
-
-def prefer_adapter(kind, fields):
-    if kind == "pairwise":
-        winner = "A" if "어댑터" in fields["a"] else "B" if "어댑터" in fields["b"] else "tie"
-        return {"reason": f"{winner} 쪽이 더 정확합니다.", "winner": winner}
-    good = "어댑터" in fields["answer"]
-    return {"reason": "좋은 답변" if good else "부족한 답변", "accuracy": 4 if good else 2, "korean": 5 if good else 3,
-            "terminology": 3 if good else 1, "completeness": 4 if good else 2}
-
+# ---- the fake judge (helpers.FakeJudge) answers by a policy ----
 
 def always_a(kind, fields):
     if kind == "pairwise":
@@ -61,64 +42,10 @@ def always_a(kind, fields):
     return prefer_adapter(kind, fields)
 
 
-class FakeJudge:
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.requests: list[dict] = []
-        self.policy = prefer_adapter
-        self.script: list[tuple[int, str]] = []  # (status, body) answered first, in order
-        self.url = ""
-
-    def respond(self, request: dict) -> tuple[int, str]:
-        with self.lock:
-            if self.script:
-                return self.script.pop(0)
-        body = request["body"]
-        kind = body["response_format"]["json_schema"]["name"].removesuffix("_verdict")
-        content = self.policy(kind, fields_of(kind, body["messages"][-1]["content"]))
-        if not isinstance(content, str):
-            content = json.dumps(content, ensure_ascii=False)
-        return 200, json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64
-
-
-def make_handler(state: FakeJudge):
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            request = {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
-            with state.lock:
-                state.requests.append(request)
-            status, payload = state.respond(request)
-            data = payload.encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    return Handler
-
-
 @pytest.fixture
 def server(monkeypatch):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)  # 127.0.0.1 only, never through a proxy
-    state = FakeJudge()
-    httpd = Server(("127.0.0.1", 0), make_handler(state))
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_chat(FakeJudge(), monkeypatch) as state:
+        yield state
 
 
 @pytest.fixture
@@ -278,7 +205,8 @@ def test_a_failing_endpoint_is_one_line_without_the_key(tmp_path, server, enviro
         make_judge(tmp_path, environ, concurrency=1).judge_rows(rows(1))
     message = str(failure.value)
     assert "\n" not in message and SECRET not in message and "***" in message
-    assert message.startswith(f"LLM judge: no usable verdict from {server.url}/v1 after 4 attempts (test row r0")
+    assert message.startswith(f"LLM judge, test row r0, pairwise (A = base): no usable verdict from {server.url}/v1 "
+                              "after 4 attempts")
     assert "HTTP 500" in message
 
 
@@ -292,8 +220,7 @@ def test_a_reply_off_the_schema_is_retried_then_named(tmp_path, server, environ)
 
 def test_a_client_error_is_not_retried_and_gives_a_hint(tmp_path, server, environ):
     server.script = [(401, "unauthorized")]
-    with pytest.raises(JudgeError, match=r"answered HTTP 401 \(check the API key that goes with "
-                                         r"MNA_TUNE_JUDGE_BASE_URL\)") as failure:
+    with pytest.raises(JudgeError, match=r"answered HTTP 401 \(check MNA_TUNE_JUDGE_API_KEY\)") as failure:
         make_judge(tmp_path, environ, concurrency=1).judge_rows(rows(1))
     prompts = [request["body"]["messages"][-1]["content"] for request in server.requests]
     assert prompts.count(prompts[0]) == 1 and SECRET not in str(failure.value)  # the failed one was not repeated
@@ -326,11 +253,11 @@ def test_the_environment_picks_one_family(tmp_path, server):
     llm = {"MNA_TUNE_LLM_BASE_URL": server.url + "/v1", "MNA_TUNE_LLM_MODEL": "scorer-model",
            "MNA_TUNE_LLM_API_KEY": "llm-key"}
     fallback = Judge.from_params(judge_params(tmp_path), llm)
-    assert (fallback.endpoint.model, fallback.endpoint.api_key) == ("scorer-model", "llm-key")
+    assert (fallback.client.endpoint.model, fallback.client.endpoint.api_key) == ("scorer-model", "llm-key")
     own = Judge.from_params(judge_params(tmp_path), {**llm, "MNA_TUNE_JUDGE_BASE_URL": "http://127.0.0.1:1/v1",
                                                      "MNA_TUNE_JUDGE_MODEL": "judge-model"})
     # the scorer's key never goes to the judge's own endpoint
-    assert (own.endpoint.model, own.endpoint.api_key) == ("judge-model", None)
+    assert (own.client.endpoint.model, own.client.endpoint.api_key) == ("judge-model", None)
     assert SECRET not in repr(own) and "llm-key" not in repr(fallback)
     with pytest.raises(JudgeConfigError, match="neither MNA_TUNE_JUDGE_BASE_URL nor MNA_TUNE_LLM_BASE_URL"):
         Judge.from_params(judge_params(tmp_path), {})
@@ -375,11 +302,11 @@ def test_the_gate_takes_judge_figures_higher_is_better(metric):
 # ---- the evaluate stage with the judge ----
 
 def test_evaluate_with_the_judge_writes_its_figures_and_one_trace_per_row(workspace, server, environ, monkeypatch):
+    from helpers import tiny_params
+
     from mna_tune.evaluation.evaluate import run_evaluate
     from mna_tune.registry.traces import run_traces
     from mna_tune.training.train import run_train
-
-    from helpers import tiny_params
 
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
@@ -396,7 +323,7 @@ def test_evaluate_with_the_judge_writes_its_figures_and_one_trace_per_row(worksp
     server.script = [(503, "down")] * 200
     outputs = [workspace / path for path in ("metrics/eval.json", "reports/eval.json", "reports/eval.md",
                                              "reports/predictions.jsonl", "plots/eval_scores.csv")]
-    with pytest.raises(JudgeError, match=r"^LLM judge: no usable verdict from http://127\.0\.0\.1:\d+/v1 after 4"):
+    with pytest.raises(JudgeError, match=r"^LLM judge, test row .*: no usable verdict from http://127\.0\.0\.1:\d+/v1 after 4"):
         run_evaluate(params)
     assert not any(path.exists() for path in outputs)
 

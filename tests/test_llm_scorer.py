@@ -8,11 +8,10 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from helpers import REPO, FakeChatEndpoint, repo_params, serve_chat
 
 from mna_tune.data.llm_scorer import (
     ENV_API_KEY,
@@ -22,97 +21,45 @@ from mna_tune.data.llm_scorer import (
     LlmScorer,
     LlmScoringError,
     parse_reply,
-    safe_url,
 )
 from mna_tune.data.scoring import LexiconScorer, make_scorer
 from mna_tune.errors import InputError
+from mna_tune.llm_endpoint import safe_url
 from mna_tune.params import load_params
-
-from helpers import REPO, repo_params
 
 SECRET = "sk-test-4f9c1e2d-not-a-real-key"
 TEMPLATE = 'Q: {question}\nA: {answer}\n답: {"score": <0~100>, "reason": "<한 줄>"}\n'
 QUESTION = re.compile(r"^Q: (.*)$", re.MULTILINE)
 
 
-class FakeLlm:
-    """State shared with the handler threads: what came in, and what to answer."""
+class FakeLlm(FakeChatEndpoint):
+    """Answers each question with its scripted reply, or a score of 50."""
 
     def __init__(self):
-        self.lock = threading.Lock()
-        self.requests: list[dict] = []
-        self.in_flight = self.max_in_flight = 0
-        self.delay_s = 0.0
-        self.script: list[tuple[int, str]] = []  # (status, body) answered first, in order
+        super().__init__()
         self.replies: dict[str, str] = {}  # question -> message content
-        self.url = ""
 
     def reply_for(self, question: str) -> str:
         default = json.dumps({"score": 50, "reason": f"{question} 관련"}, ensure_ascii=False)
         return self.replies.get(question, default)
 
-    def respond(self, request: dict) -> tuple[int, str]:
-        with self.lock:
-            if self.script:
-                return self.script.pop(0)
+    def content(self, request: dict) -> str:
         content = self.reply_for(question_of(request))
         if content.startswith("ECHO_AUTH"):  # a broken server that repeats what it was sent
             content = "I got " + request["headers"].get("authorization", "")
         # {authorization} and {url} in a scripted reply: the secrets repeated inside a valid answer
         content = content.replace("{authorization}", request["headers"].get("authorization", ""))
-        content = content.replace("{url}", self.url)
-        return 200, json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})
+        return content.replace("{url}", self.url)
 
 
 def question_of(request: dict) -> str:
     return QUESTION.search(request["body"]["messages"][-1]["content"]).group(1)
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64  # the default backlog of 5 drops concurrent connects (1 s SYN retry)
-
-
-def make_handler(state: FakeLlm):
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            request = {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
-            with state.lock:
-                state.requests.append(request)
-                state.in_flight += 1
-                state.max_in_flight = max(state.max_in_flight, state.in_flight)
-            try:
-                time.sleep(state.delay_s)
-                status, payload = state.respond(request)
-            finally:
-                with state.lock:
-                    state.in_flight -= 1
-            data = payload.encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):  # keep pytest output clean
-            pass
-
-    return Handler
-
-
 @pytest.fixture
 def server(monkeypatch):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)  # 127.0.0.1 only, never through a proxy
-    state = FakeLlm()
-    httpd = Server(("127.0.0.1", 0), make_handler(state))
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_chat(FakeLlm(), monkeypatch) as state:
+        yield state
 
 
 @pytest.fixture
@@ -247,12 +194,12 @@ def test_a_garbage_reply_names_the_row_and_what_came_back(tmp_path, server, envi
     message = str(caught.value)
     assert message.startswith("a.zip :: 2.json :: record 7: ")
     assert "죄송하지만 점수를" in message and len(message) < 600  # quoted, truncated
-    assert len(server.requests) == 2 + scorer.attempts  # the good rows once, the bad one retried
+    assert len(server.requests) == 2 + scorer.client.attempts  # the good rows once, the bad one retried
 
     # The good rows were kept: once the endpoint behaves, only the failed row is sent.
     server.replies = {}
     scorer_for(tmp_path, environ).score_batch(ROWS)
-    assert len(server.requests) == 2 + scorer.attempts + 1
+    assert len(server.requests) == 2 + scorer.client.attempts + 1
 
 
 def test_a_client_error_is_not_retried(tmp_path, server, environ):
@@ -295,7 +242,7 @@ def test_make_scorer_builds_the_llm_scorer_from_the_environment(tmp_path, server
         monkeypatch.setenv(name, value)
     scorer = make_scorer("llm", params.lexicon_path, None, params)
     assert isinstance(scorer, LlmScorer) and scorer.model == "qwen3-test"
-    assert scorer.concurrency == params.llm_concurrency
+    assert scorer.client.concurrency == params.llm_concurrency
     with pytest.raises(ValueError, match="filter params"):
         make_scorer("llm", params.lexicon_path, None)
     monkeypatch.delenv(ENV_BASE_URL)
@@ -360,9 +307,10 @@ CHILD = """
 import sys
 from pathlib import Path
 from mna_tune.data.llm_scorer import LlmScorer
+from mna_tune.llm_endpoint import ChatClient, Endpoint
 
 url, cache, template, first, count = sys.argv[1:]
-scorer = LlmScorer(base_url=url, model="m", template=template, cache_path=Path(cache), backoff_s=0.001)
+scorer = LlmScorer(ChatClient(Endpoint(url, "m"), backoff_s=0.001), template, Path(cache))
 rows = [(f"질문 {n}", f"답변 {n}") for n in range(int(first), int(first) + int(count))]
 print("ready", flush=True)
 sys.stdin.readline()  # start together, so both create the file and then write at the same time
@@ -433,7 +381,7 @@ def test_the_filter_stage_scores_with_the_llm_and_reruns_send_nothing(tmp_path, 
              "record": f"[{i}]"} for i, (q, a) in enumerate(ROWS)]
     source = tmp_path / "extracted.jsonl"
     paths = FilterPaths(kept=tmp_path / "kept.parquet", dropped=tmp_path / "dropped.parquet",
-                        metrics=tmp_path / "filter.json")
+                        summary=tmp_path / "filter.json")
     write_jsonl(source, rows)
     params = params_for(tmp_path, min_score=30, exclude_categories=[])
     metrics = run_filter(params, source, paths)
@@ -443,5 +391,5 @@ def test_the_filter_stage_scores_with_the_llm_and_reruns_send_nothing(tmp_path, 
     assert len(server.requests) == 3
     run_filter(params, source, paths)
     assert len(server.requests) == 3  # every row came from the cache
-    for path in (paths.kept, paths.dropped, paths.metrics, params.llm_cache_path):
+    for path in (paths.kept, paths.dropped, paths.summary, params.llm_cache_path):
         assert SECRET.encode() not in path.read_bytes()

@@ -19,7 +19,7 @@ def run(tmp_path, mna_records, aihub_rows, near_dup_threshold=0.9, with_near=Fal
     mna = tmp_path / "mna.json"
     mna.write_text(json.dumps(mna_records, ensure_ascii=False), encoding="utf-8")
     paths = MergePaths(rows=tmp_path / "merged.jsonl", duplicates=tmp_path / "dups.jsonl",
-                       near_duplicates=tmp_path / "near.jsonl", metrics=tmp_path / "m.json")
+                       near_duplicates=tmp_path / "near.jsonl", summary=tmp_path / "m.json")
     write_jsonl(tmp_path / "filtered.jsonl", aihub_rows)
     metrics = run_merge(mna, tmp_path / "filtered.jsonl", MergeParams(near_dup_threshold=near_dup_threshold), paths)
     out = metrics, list(read_jsonl(paths.rows)), list(read_jsonl(paths.duplicates))

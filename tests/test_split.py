@@ -28,7 +28,7 @@ def rows(n, prefix="질문"):
 def run(tmp_path, data, **params):
     out = tmp_path / "processed"
     paths = SplitPaths(train=out / "train.jsonl", val=out / "val.jsonl", test=out / "test.jsonl",
-                       leakage=tmp_path / "leakage.jsonl", metrics=tmp_path / "m.json",
+                       leakage=tmp_path / "leakage.jsonl", summary=tmp_path / "m.json",
                        data_report=tmp_path / "report.json", rows_plot=tmp_path / "rows.csv",
                        lengths_plot=tmp_path / "lengths.csv")
     write_jsonl(tmp_path / "merged.jsonl", data)

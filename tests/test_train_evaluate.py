@@ -171,7 +171,7 @@ def test_no_champion_is_one_line_with_the_ways_on(workspace, capsys):
     done = subprocess.run(["mna-tune", "evaluate"], cwd=workspace, env=cli_env(workspace), capture_output=True,
                           text=True, timeout=300)
     error = one_error_line(done.stderr)
-    assert done.returncode == 1 and "is not in sqlite:///" in error and "dvc repro -f train" in error
+    assert done.returncode == 1 and "is not in sqlite:///" in error and "dvc repro --force --single-item train" in error
     (workspace / "models/train_run.json").unlink()  # a stage whose input is missing
     assert main(["evaluate"]) == 1
     assert one_error_line(capsys.readouterr().err) == (

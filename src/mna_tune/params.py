@@ -50,20 +50,20 @@ class ExtractPaths(_Section):
     rows: Path
     rejects: Path
     report: Path
-    metrics: Path
+    summary: Path
 
 
 class FilterPaths(_Section):
     kept: Path
     dropped: Path
-    metrics: Path
+    summary: Path
 
 
 class MergePaths(_Section):
     rows: Path
     duplicates: Path
     near_duplicates: Path
-    metrics: Path
+    summary: Path
 
 
 class SplitPaths(_Section):
@@ -71,7 +71,7 @@ class SplitPaths(_Section):
     val: Path
     test: Path
     leakage: Path
-    metrics: Path
+    summary: Path
     data_report: Path
     rows_plot: Path
     lengths_plot: Path

@@ -162,7 +162,7 @@ def run_extract(aihub_dir: Path, on_error: str, paths: ExtractPaths, processes: 
 
     metrics = tally.metrics()
     write_json(paths.report, tally.report)
-    write_json(paths.metrics, metrics)
+    write_json(paths.summary, metrics)
     print(f"extract: {metrics['rows']} QA rows from {metrics['qa_files']} files, {tally.rejected} rejected, "
           f"{metrics['source_files_skipped']} non-QA source files skipped")
     return metrics

@@ -187,7 +187,7 @@ def run_filter(params: FilterParams, source: Path, paths: FilterPaths, processes
         "rows_with_invisible_characters": invisible["rows_with_invisible_characters"],
         "invisible_characters": invisible["invisible_characters"],
     }
-    write_json(paths.metrics, metrics)
+    write_json(paths.summary, metrics)
     print(f"filter: kept {kept} of {rows_in} rows; dropped "
           + ", ".join(f"{reason} {count}" for reason, count in metrics["dropped"].items() if count))
     return metrics

@@ -223,7 +223,7 @@ def _merge(mna_rows: list[dict], mna_path: Path, aihub_rows: Path, threshold: fl
         "invisible_characters_removed": invisible["characters"],
         "near_duplicate_search": search,
     }
-    write_json(paths.metrics, metrics)
+    write_json(paths.summary, metrics)
     print(f"merge: {metrics['rows_out']} chat rows ({dict(kept)}), {metrics['exact_duplicates_removed']} exact and "
           f"{metrics['near_duplicates_removed']} near duplicates removed"
           + (f", {sum(marked.values())} rows with chat markers dropped" if marked else "")

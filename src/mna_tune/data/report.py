@@ -85,7 +85,7 @@ def write_data_report(params: Params, tokenizer=None) -> dict:
 
         tokenizer = build_qwen3_tokenizer()
     return _write_report(params.train.max_length, params.paths.split, tokenizer, {
-        "extract": params.paths.extract.metrics, "filter": params.paths.filter.metrics,
+        "extract": params.paths.extract.summary, "filter": params.paths.filter.summary,
         "merge": params.paths.merge.rows})
 
 

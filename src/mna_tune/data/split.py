@@ -242,7 +242,7 @@ def run_split(params: SplitParams, merged: Path, paths: SplitPaths, processes: i
     metrics = {"rows": {name: counts[name] for name in SPLITS}, "rows_by_source": dict(sorted(by_source.items())),
                "leakage": {**leakage, **group_stats, "rows_moved_to_their_twins": int(moved),
                            "nearest_train_search": how, "pair_search": search.as_metrics()}}
-    write_json(paths.metrics, metrics)
+    write_json(paths.summary, metrics)
     print("split: " + ", ".join(f"{name} {counts[name]}" for name in SPLITS)
           + f"; {leakage['above_threshold']} held-out questions with a train twin >= {params.leakage_threshold} "
           f"({moved} rows moved to their twins' split)"

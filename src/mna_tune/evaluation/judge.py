@@ -35,11 +35,7 @@ import hashlib
 import json
 import os
 import re
-import sqlite3
-import threading
-import time
-from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -47,6 +43,14 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import InputError
+from ..llm_endpoint import (
+    ChatClient,
+    Endpoint,
+    Retryable,
+    one_line,
+    open_cache,
+    select_keys,
+)
 from ..workspace import project_root
 from .korean_metrics import normalise_answer
 
@@ -72,9 +76,7 @@ MODELS = ("base", "adapter")
 _PLACEHOLDER = re.compile(r"\{(question|reference|answer|answer_a|answer_b)\}")
 _PLACEHOLDERS = {"pairwise": ("{question}", "{reference}", "{answer_a}", "{answer_b}"),
                  "rubric": ("{question}", "{reference}", "{answer}")}
-_SHOWN_CHARS = 200  # how much of a bad reply an error quotes
 BACKOFF_S = 1.0  # first pause between attempts, doubled each time (tests make it tiny)
-_LOCK_WAIT_S = 30.0
 _SCHEMA = """CREATE TABLE IF NOT EXISTS verdicts (
     key TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -127,70 +129,7 @@ class JudgeError(ValueError):
     """The judge endpoint failed: one line naming the endpoint, never its key."""
 
 
-class _Retryable(Exception):
-    """One failed attempt worth repeating (transport error, 429, 5xx, a reply off the schema)."""
-
-
-def safe_url(url: str) -> str:
-    """The URL without user info, query or fragment, so it can be named in messages."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host += f":{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-# ---- the endpoint ----
-
-@dataclass(frozen=True)
-class Endpoint:
-    base_url: str = field(repr=False)  # may carry credentials; messages use safe_url()
-    model: str
-    api_key: str | None = field(default=None, repr=False)
-    family: str = ENV_BASE_URL  # the variable the URL came from, for messages
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Endpoint":
-        if environ.get(ENV_BASE_URL, "").strip():
-            names = (ENV_BASE_URL, ENV_MODEL, ENV_API_KEY)
-        elif environ.get(FALLBACK_BASE_URL, "").strip():
-            names = (FALLBACK_BASE_URL, FALLBACK_MODEL, FALLBACK_API_KEY)
-        else:
-            raise JudgeConfigError(f"evaluate.judge.enabled is true but neither {ENV_BASE_URL} nor "
-                                   f"{FALLBACK_BASE_URL} is set (e.g. http://127.0.0.1:8000/v1 for a local vLLM server)")
-        url_name, model_name, key_name = names
-        base_url = environ[url_name].strip().rstrip("/")
-        _check_url(base_url, url_name)
-        model = environ.get(model_name, "").strip()
-        if not model:
-            raise JudgeConfigError(f"evaluate.judge.enabled is true and {url_name} is set but {model_name} is not "
-                                   "(the model name the endpoint serves, e.g. Qwen/Qwen3-32B)")
-        return cls(base_url, model, environ.get(key_name, "").strip() or None, url_name)
-
-    @property
-    def shown(self) -> str:
-        return safe_url(self.base_url)
-
-
-def _check_url(url: str, name: str) -> None:
-    import httpx
-    from urllib.parse import urlsplit
-
-    try:
-        scheme = urlsplit(url).scheme
-        httpx.URL(url)
-        safe_url(url)  # urlsplit checks the port only when asked for it
-    except (httpx.InvalidURL, ValueError):
-        raise JudgeConfigError(f"{name} is not a valid URL") from None  # the parser's message may quote a password
-    if scheme not in ("http", "https"):
-        raise JudgeConfigError(f"{name} must start with http:// or https://")
-
+# ---- the prompts ----
 
 def load_template(path: Path, kind: str) -> str:
     try:
@@ -229,36 +168,36 @@ def prompt_version(template: str) -> str:
 
 @dataclass(eq=False)
 class Judge:
-    endpoint: Endpoint
+    client: ChatClient
     pairwise_template: str = field(repr=False)
     rubric_template: str = field(repr=False)
     cache_path: Path
-    concurrency: int = 8
-    timeout_s: float = 120.0
-    max_tokens: int = 512
-    attempts: int = 4
-    backoff_s: float = 1.0  # sleeps backoff_s * 2**n between attempts; tests make it tiny
     progress: bool = True
-    requests_sent: int = field(default=0, init=False)  # HTTP requests this judge sent (retries included)
-    _template_kwargs: bool = field(default=True, init=False, repr=False)
-    _count_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
     def from_params(cls, params: Params, environ: Mapping[str, str] = os.environ, *,
-                    backoff_s: float | None = None) -> "Judge | None":
+                    backoff_s: float | None = None) -> Judge | None:
         """The judge, or None when `evaluate.judge.enabled` is false. Checks the environment
         and the prompts at once, before any model runs."""
         cfg = params.evaluate.judge
         if not cfg.enabled:
             return None
+        endpoint = Endpoint.from_env(environ, [(ENV_BASE_URL, ENV_MODEL, ENV_API_KEY),
+                                               (FALLBACK_BASE_URL, FALLBACK_MODEL, FALLBACK_API_KEY)],
+                                     "evaluate.judge.enabled is true", JudgeConfigError)
         cache = Path(params.paths.cache)
-        return cls(endpoint=Endpoint.from_env(environ),
+        return cls(client=ChatClient(endpoint, concurrency=cfg.concurrency, timeout_s=cfg.timeout_s,
+                                     max_tokens=cfg.max_tokens, backoff_s=BACKOFF_S if backoff_s is None else backoff_s,
+                                     hints={400: " (the endpoint must support response_format json_schema: "
+                                                 "vLLM, SGLang, llama.cpp and OpenAI do)"}),
                    pairwise_template=load_template(cfg.pairwise_prompt_path, "pairwise"),
                    rubric_template=load_template(cfg.rubric_prompt_path, "rubric"),
                    # under the repository root, so `dvc exp run --temp/--queue` copies share one cache
-                   cache_path=(cache if cache.is_absolute() else project_root() / cache) / CACHE_FILE,
-                   concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, max_tokens=cfg.max_tokens,
-                   backoff_s=BACKOFF_S if backoff_s is None else backoff_s)
+                   cache_path=(cache if cache.is_absolute() else project_root() / cache) / CACHE_FILE)
+
+    @property
+    def model(self) -> str:
+        return self.client.endpoint.model
 
     @property
     def versions(self) -> dict[str, str]:
@@ -269,7 +208,7 @@ class Judge:
     def _key(self, kind: str, *fields: str) -> str:
         template = self.pairwise_template if kind == "pairwise" else self.rubric_template
         schema = json.dumps(_REPLIES[kind].model_json_schema(), sort_keys=True)
-        return _digest(kind, self.endpoint.model, template, schema, *fields)
+        return _digest(kind, self.model, template, schema, *fields)
 
     def pairwise_request(self, question: str, reference: str, answer_a: str, answer_b: str, where: str) -> Request:
         prompt = render(self.pairwise_template, question=question, reference=reference, answer_a=answer_a,
@@ -321,7 +260,7 @@ class Judge:
             outcomes = [adapter_outcome(first.winner, "B"), adapter_outcome(second.winner, "A")]
             verdict, flip = combine(*outcomes)
             pairwise = {"verdict": verdict, "orders": outcomes, "position_flip": flip, "identical": False,
-                        "reasons": [_one_line(first.reason), _one_line(second.reason)]}
+                        "reasons": [one_line(first.reason), one_line(second.reason)]}
         rubric = {}
         for name in MODELS:
             request = plan[name]
@@ -330,133 +269,39 @@ class Judge:
             else:
                 scores = replies[request.key]
                 rubric[name] = {**{criterion: getattr(scores, criterion) for criterion in CRITERIA},
-                                "reason": _one_line(scores.reason)}
+                                "reason": one_line(scores.reason)}
         return {"pairwise": pairwise, "rubric": rubric}
 
     # ---- the cache and the endpoint ----
 
     def _answers(self, requests: list[Request]) -> dict[str, BaseModel]:
-        with open_cache(self.cache_path) as db:
+        with open_cache(self.cache_path, _SCHEMA, "judge cache", "ask the judge again") as db:
             replies = _lookup(db, requests)
             missing = [request for request in requests if request.key not in replies]
+
+            def ask_one(client: httpx.Client, request: Request) -> BaseModel:
+                return self.client.ask(
+                    client, lambda: self.client.body(request.prompt, response_format=response_format(request.kind)),
+                    lambda content: self._read(request.kind, content), "verdict",
+                    lambda detail: JudgeError(one_line(f"LLM judge, {request.where}: {detail}")))
+
+            def keep(request: Request, reply: BaseModel) -> None:
+                db.execute("INSERT OR REPLACE INTO verdicts (key, kind, reply, model) VALUES (?, ?, ?, ?)",
+                           (request.key, request.kind, reply.model_dump_json(), self.model))
+                replies[request.key] = reply
+
             if missing:
-                self._ask_all(missing, replies, db)
+                self.client.ask_all(missing, ask_one, keep, progress="judge" if self.progress else None)
         return replies
 
-    def _ask_all(self, requests: list[Request], replies: dict[str, BaseModel], db: sqlite3.Connection) -> None:
-        import httpx
-        from tqdm.auto import tqdm
-
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        bar = tqdm(total=len(requests), desc="judge", unit="request", disable=not self.progress)
-        with (
-            httpx.Client(timeout=self.timeout_s, limits=limits, headers=self._headers()) as client,
-            ThreadPoolExecutor(max_workers=self.concurrency) as pool,
-        ):
-            futures: dict[Future, Request] = {pool.submit(self._ask, client, request): request for request in requests}
-            first_error: BaseException | None = None
-            try:
-                for future in as_completed(futures):
-                    if future.cancelled():
-                        continue
-                    error = future.exception()
-                    if error is not None:
-                        if first_error is None:  # stop sending, keep what already came back
-                            first_error = error
-                            for pending in futures:
-                                pending.cancel()
-                        continue
-                    request, reply = futures[future], future.result()
-                    db.execute("INSERT OR REPLACE INTO verdicts (key, kind, reply, model) VALUES (?, ?, ?, ?)",
-                               (request.key, request.kind, reply.model_dump_json(), self.endpoint.model))
-                    replies[request.key] = reply
-                    bar.update(1)
-            finally:
-                for pending in futures:  # a failed write or Ctrl-C must not wait for the queue
-                    pending.cancel()
-                bar.close()
-            if first_error is not None:
-                raise first_error
-
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.endpoint.api_key}"} if self.endpoint.api_key else {}
-
-    def _body(self, request: Request) -> dict:
-        body = {"model": self.endpoint.model, "messages": [{"role": "user", "content": request.prompt}],
-                "temperature": 0, "max_tokens": self.max_tokens, "response_format": response_format(request.kind)}
-        if self._template_kwargs:  # Qwen3 on vLLM/SGLang: no thinking before the JSON
-            body["chat_template_kwargs"] = {"enable_thinking": False}
-        return body
-
-    def _ask(self, client: httpx.Client, request: Request) -> BaseModel:
-        last = ""
-        for attempt in range(self.attempts):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                return self._attempt(client, request)
-            except _Retryable as failure:
-                last = str(failure)
-        raise JudgeError(_one_line(f"LLM judge: no usable verdict from {self.endpoint.shown} after {self.attempts} "
-                                   f"attempts ({request.where}); last: {last}"))
-
-    def _attempt(self, client: httpx.Client, request: Request) -> BaseModel:
-        import httpx
-
+    def _read(self, kind: str, content: str) -> BaseModel:
         try:
-            response = client.post(self.endpoint.base_url + "/chat/completions", json=self._body(request))
-        except httpx.TransportError as exc:  # connection refused, reset, timeout
-            raise _Retryable(f"{type(exc).__name__}: {self._scrub(str(exc))}") from None
-        with self._count_lock:
-            self.requests_sent += 1
-        status = response.status_code
-        if status == 400 and self._template_kwargs and "chat_template_kwargs" in response.text:
-            self._template_kwargs = False  # an endpoint that does not take vLLM's extra field
-            raise _Retryable(f"HTTP 400 for chat_template_kwargs: {self._shown(response.text)}; sent without it next")
-        if status == 429 or status >= 500:
-            raise _Retryable(f"HTTP {status}: {self._shown(response.text)}")
-        if status >= 400:
-            raise JudgeError(_one_line(f"LLM judge: {self.endpoint.shown} answered HTTP {status}{self._hint(status)} "
-                                       f"({request.where}): {self._shown(response.text)}"))
-        content = _reply_content(response)
-        if content is None:
-            raise _Retryable(f"no message content in the reply: {self._shown(response.text)}")
-        try:
-            reply = _REPLIES[request.kind].model_validate_json(content)
+            reply = _REPLIES[kind].model_validate_json(content)
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'reply'}: {e['msg']}" for e in exc.errors())
-            raise _Retryable(f"the reply does not match the {request.kind} schema ({problems}): "
-                             f"{self._shown(content)}") from None
-        return reply.model_copy(update={"reason": self._scrub(reply.reason)})  # stored and shown later
-
-    def _hint(self, status: int) -> str:
-        family = self.endpoint.family
-        if status in (401, 403):
-            return f" (check the API key that goes with {family})"
-        if status == 404:
-            return f" (check {family}, usually ending in /v1, and the model name)"
-        if status == 400:
-            return " (the endpoint must support response_format json_schema: vLLM, SGLang, llama.cpp and OpenAI do)"
-        return ""
-
-    def _scrub(self, text: str) -> str:
-        # An endpoint or proxy could echo the key or a credentialed URL back.
-        for secret in (self.endpoint.api_key, self.endpoint.base_url):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
-
-    def _shown(self, text: str) -> str:
-        text = self._scrub(text)
-        return repr(text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "…")
-
-
-def _reply_content(response) -> str | None:
-    try:
-        content = response.json()["choices"][0]["message"]["content"]
-    except (ValueError, LookupError, TypeError):
-        return None
-    return content if isinstance(content, str) else None
+            raise Retryable(f"the reply does not match the {kind} schema ({problems}): "
+                            f"{self.client.quote(content)}") from None
+        return reply.model_copy(update={"reason": self.client.scrub(reply.reason)})  # stored and shown later
 
 
 # ---- combining and summarising verdicts (pure) ----
@@ -529,7 +374,7 @@ def apply(result, judged: list[dict], judge: Judge) -> None:
 
     _add_figures(result.overall, judged)
     summary = summarise(judged)
-    result.overall["judge"] = {**summary.get("pairwise", {}), "model": judge.endpoint.model,
+    result.overall["judge"] = {**summary.get("pairwise", {}), "model": judge.model,
                                "prompt_versions": judge.versions}
     generated = len(judged)
     for kind, members in groups_of(result.generated).items():
@@ -552,65 +397,18 @@ def judge_evaluation(judge: Judge | None, result) -> None:
             for prediction in result.predictions]
     apply(result, judge.judge_rows(rows), judge)
     figures = result.overall["judge"]
-    print(f"evaluate: judge {judge.endpoint.model} on {figures.get('rows', 0)} rows: adapter wins "
+    print(f"evaluate: judge {judge.model} on {figures.get('rows', 0)} rows: adapter wins "
           f"{figures.get('win_rate')}, ties {figures.get('tie_rate')}, loses {figures.get('loss_rate')}; position "
-          f"bias {figures.get('position_bias', '–')}; {judge.requests_sent} requests sent, the rest from "
+          f"bias {figures.get('position_bias', '–')}; {judge.client.requests_sent} requests sent, the rest from "
           f"{judge.cache_path}")
 
 
 # ---- the sqlite cache ----
 
-@contextlib.contextmanager
-def open_cache(path: Path) -> Iterator[sqlite3.Connection]:
-    """The verdict cache, created if missing; any SQLite failure becomes one InputError."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, timeout=_LOCK_WAIT_S, isolation_level=None)
-    except (OSError, sqlite3.Error) as exc:
-        raise _cache_error(path, exc) from None
-    try:
-        _use_wal(db)
-        db.execute(_SCHEMA)
-        yield db
-    except sqlite3.Error as exc:
-        raise _cache_error(path, exc) from None
-    finally:
-        db.close()
-
-
-def _use_wal(db: sqlite3.Connection) -> None:
-    deadline = time.monotonic() + _LOCK_WAIT_S
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
-def _lookup(db: sqlite3.Connection, requests: list[Request]) -> dict[str, BaseModel]:
+def _lookup(db, requests: list[Request]) -> dict[str, BaseModel]:
     kinds = {request.key: request.kind for request in requests}
-    keys = list(kinds)
     found: dict[str, BaseModel] = {}
-    for start in range(0, len(keys), 500):
-        chunk = keys[start:start + 500]
-        rows = db.execute(f"SELECT key, reply FROM verdicts WHERE key IN ({', '.join('?' * len(chunk))})",
-                          chunk).fetchall()
-        for key, reply in rows:
-            with contextlib.suppress(ValidationError):  # unreadable: asked again
-                found[key] = _REPLIES[kinds[key]].model_validate_json(reply)
+    for key, reply in select_keys(db, "SELECT key, reply FROM verdicts WHERE key IN", list(kinds)):
+        with contextlib.suppress(ValidationError):  # unreadable: asked again
+            found[key] = _REPLIES[kinds[key]].model_validate_json(reply)
     return found
-
-
-def _cache_error(path: Path, exc: Exception) -> InputError:
-    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_ERROR):
-        reason = f"not a usable judge cache ({exc}); delete the file to ask the judge again"
-    elif code == sqlite3.SQLITE_BUSY:
-        reason = f"judge cache still locked by another process after {_LOCK_WAIT_S:.0f} s"
-    else:
-        reason = f"cannot write the judge cache ({exc}); the file and its folder must be writable"
-    return InputError(str(path), reason)

@@ -202,7 +202,9 @@ class Tracker:
             self.client.get_run(run_id)
         except self.mlflow.exceptions.MlflowException:
             raise ValueError(f"MLflow run {run_id} (named in {source}) is not in {self.uri}: the store was "
-                             "deleted or replaced; train again (dvc repro -f train)") from None
+                             "deleted or replaced, or DVC restored the adapter from a run cache shared with "
+                             "another store; train again (dvc repro --force --single-item train, "
+                             "or dvc exp run --force)") from None
         if self.uri.startswith("sqlite:///"):
             database = Path(self.uri.removeprefix("sqlite:///"))
             for path in (database, database.parent):

@@ -54,7 +54,7 @@ def dataset_inputs(params: Params, lock: Path = Path("dvc.lock")) -> list[dict]:
     splits = params.paths.split
     split_paths = [str(splits.train), str(splits.val), str(splits.test)]
     stages = {"extract": [str(params.data.aihub_dir)], "merge": [str(params.data.mna_path)], "split": split_paths}
-    extract_metrics = params.paths.extract.metrics
+    extract_metrics = params.paths.extract.summary
     extract_rows = None
     if extract_metrics.is_file():
         extract_rows = json.loads(extract_metrics.read_text(encoding="utf-8")).get("rows")
