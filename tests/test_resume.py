@@ -115,3 +115,25 @@ def test_a_failure_after_the_run_started_ends_it_failed(workspace, monkeypatch):
     (run,) = client.search_runs([client.get_experiment_by_name(tiny_params().mlflow.experiment).experiment_id])
     assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: the trainer could not be built"
     assert not list(workspace.glob(".cache/checkpoints/*"))  # nothing to resume: nothing left behind
+
+
+def test_a_training_stopped_after_its_last_step_trains_again_with_its_losses(workspace):
+    """The input guard stops a train whose inputs changed after the last step, when the
+    Trainer has saved its final checkpoint: the next train must not "resume" to zero steps
+    (a train loss of 0.0 and no val loss) but train again."""
+    import pytest
+
+    from mna_tune.training.train import checkpoint_dir, run_train
+
+    params = tiny_params(max_steps=4, save_steps=2)
+
+    def changed():
+        raise RuntimeError("params.yaml changed while the train stage ran")
+
+    with pytest.raises(RuntimeError):
+        run_train(params, check_inputs=changed)
+    finished = checkpoint_dir(params) / "checkpoint-4/trainer_state.json"
+    assert finished.is_file()  # what the next train finds
+    metrics = run_train(params)
+    assert metrics["steps"] == 4 and metrics["train_loss"] > 0 and metrics["val_loss"] is not None
+    assert not checkpoint_dir(params).exists()

@@ -109,6 +109,30 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
+def sqlite_write_problem(database: Path) -> str | None:
+    """Why SQLite could not write `database` (None when it can), found by trying: a file
+    beside it (SQLite's journal goes there) and a table created in a transaction that is
+    rolled back, so nothing is written. Permission bits alone say nothing to root, while a
+    read-only mount or an immutable file stops root too."""
+    import sqlite3
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=database.parent, prefix=".write-probe-"):
+            pass
+        if database.exists():
+            db = sqlite3.connect(f"{database.as_uri()}?mode=rw", uri=True, timeout=30)
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("CREATE TABLE mna_tune_write_probe (x)")  # SQLite opens read-only files read-only
+                db.rollback()
+            finally:
+                db.close()
+    except (OSError, sqlite3.Error) as exc:
+        return str(exc)
+    return None
+
+
 class Tracker:
     """One experiment's runs in the tracking store."""
 
@@ -207,10 +231,10 @@ class Tracker:
                              "or dvc exp run --force)") from None
         if self.uri.startswith("sqlite:///"):
             database = Path(self.uri.removeprefix("sqlite:///"))
-            for path in (database, database.parent):
-                if path.exists() and not os.access(path, os.W_OK):
-                    raise ValueError(f"{path}: the MLflow store is read-only; evaluate registers the adapter "
-                                     "there: make it writable")
+            problem = sqlite_write_problem(database)
+            if problem:
+                raise ValueError(f"{database}: the MLflow store cannot be written ({problem}); evaluate registers "
+                                 "the adapter there: make the file and its folder writable")
 
     def step_callback(self, run_id: str):
         """A transformers TrainerCallback that logs every logged step (loss, lr, grad norm)."""

@@ -68,6 +68,28 @@ def dataset_inputs(params: Params, lock: Path = Path("dvc.lock")) -> list[dict]:
     return out
 
 
+def checkpoint_to_resume(checkpoints: Path, clean: bool = True) -> Path | None:
+    """The newest complete checkpoint (its trainer_state.json is written last) if training
+    had steps left there. A checkpoint at the last step (training finished, then the stage
+    stopped: the input guard, or a kill before the adapter was saved) leaves nothing to
+    train, and resuming it would report no loss: it is removed and training starts over."""
+    complete = [state.parent for state in checkpoints.glob("checkpoint-*/trainer_state.json")
+                if state.parent.name.removeprefix("checkpoint-").isdigit()]
+    if not complete:
+        return None
+    newest = max(complete, key=lambda folder: int(folder.name.removeprefix("checkpoint-")))
+    try:
+        state = json.loads((newest / "trainer_state.json").read_text(encoding="utf-8"))
+    except OSError:  # another rank of this training removed it meanwhile: a finished one
+        return None
+    if state["global_step"] < state["max_steps"]:
+        return newest
+    if clean:
+        for folder in checkpoints.glob("checkpoint-*"):
+            shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
 def _remove_checkpoints_of(run_id: str, keep: Path) -> None:
     """The checkpoints of a killed run that this training does not resume: with other params
     or data it could never be resumed by the same job again, so they would stay forever."""
@@ -164,10 +186,10 @@ def run_train(params: Params, check_inputs=lambda: None) -> dict | None:
             "val_rows_longer_than_max_length": val_too_long, "max_length_used": max_length}
 
     checkpoints = checkpoint_dir(params)
-    resume = any(checkpoints.glob("checkpoint-*/trainer_state.json"))
+    resume = checkpoint_to_resume(checkpoints, clean=main)
     if not main:
         trainer = build_trainer(params, model, tokenizer, train_records, val_records, checkpoints, max_length)
-        trainer.train(resume_from_checkpoint=True if resume else None)
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         return None
     tracker, run_id = _start_or_resume_run(params, checkpoints, resume)
     try:  # from here on the run ends FINISHED, FAILED (with the error) or KILLED, never RUNNING
@@ -192,9 +214,9 @@ def _train_and_save(params, model, tokenizer, train_records, val_records, checkp
     trainer = build_trainer(params, model, tokenizer, train_records, val_records, checkpoints, max_length,
                             callbacks=[tracker.step_callback(run_id)])
     if resume:
-        print(f"train: resuming from the last checkpoint in {checkpoints}")
+        print(f"train: resuming from the last checkpoint, {resume}")
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - started
     check_inputs()  # another run changed params or data meanwhile: write nothing, DVC locks nothing
     save_adapter(trainer, paths.adapter)
