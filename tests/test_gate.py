@@ -28,6 +28,13 @@ def test_champion_is_the_reference_when_there_is_one():
     assert not decision.passed and "champion v4" in decision.reason
 
 
+def test_a_champion_without_the_gate_metric_is_never_replaced_by_the_base_model():
+    """A champion whose figures lack the metric (a judge figure from a run without the
+    judge) is not quietly swapped for the base model as the reference."""
+    decision = decide(gate(), {"rougeL_f1": 0.9, "korean_only_share": 1.0}, {"chrf": 0.3}, BASE, "4")
+    assert not decision.passed and decision.reason == "champion v4 has no 'rougeL_f1' value to compare with"
+
+
 def test_lower_is_better_metrics_and_the_korean_only_floor():
     loss_gate = gate("eval_loss", 0.1, 0.0)
     assert decide(loss_gate, {"eval_loss": 1.85, "korean_only_share": 1.0}, {"eval_loss": 2.0}, BASE).passed

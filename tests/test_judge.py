@@ -392,3 +392,34 @@ def test_evaluate_with_the_judge_writes_its_figures_and_one_trace_per_row(worksp
     again = Judge.from_params(params).judge_rows([{key: p[key] for key in ("id", "question", "reference", "base",
                                                                             "adapter")} for p in predictions])
     assert len(server.requests) == sent and [row["pairwise"]["verdict"] for row in again] == verdicts
+
+
+def test_a_judge_gate_judges_a_champion_evaluated_without_the_judge(workspace, server, environ, monkeypatch):
+    """The champion was evaluated with the judge off; a candidate gated on the judge's win
+    rate is compared with the champion judged on the same rows, never with the base model."""
+    from helpers import tiny_params
+
+    from mna_tune.evaluation.evaluate import run_evaluate
+    from mna_tune.registry.promotion import promote
+    from mna_tune.registry.registry import Registry
+    from mna_tune.training.train import run_train
+
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(judge_module, "BACKOFF_S", 0.001)
+    params = with_section(tiny_params(), "evaluate", repetition_penalty=3.0)
+    run_train(params)
+    run_evaluate(params)
+    registry = Registry(params.mlflow)
+    promote(registry, "1", "accepted by hand for the test", "cli")
+
+    judged = params.evaluate.judge.model_copy(update={"enabled": True, "pairwise_prompt_path": PAIRWISE_PROMPT,
+                                                      "rubric_prompt_path": RUBRIC_PROMPT})
+    gate = params.evaluate.gate.model_copy(update={"metric": "judge_win_rate", "min_korean_only": 0.0})
+    candidate = with_section(tiny_params(learning_rate=0.05), "evaluate", repetition_penalty=3.0, judge=judged,
+                             gate=gate)
+    run_train(candidate)
+    run_evaluate(candidate)
+    reason = registry.version("2").tags["gate.reason"]
+    assert "vs" in reason and "for champion v1" in reason and "base model" not in reason, reason
+    assert "champion v1 re-evaluated on it" in reason

@@ -167,27 +167,36 @@ def lineage_paths(params: Params) -> dict[str, list[str]]:
             "split": [str(splits.train), str(splits.val), str(splits.test)]}
 
 
-def champion_on_this_split(params: Params, result: Evaluation, registry, test_md5: str):
+def champion_on_this_split(params: Params, result: Evaluation, registry, test_md5: str, judge=None):
     """(champion version, its metrics on the test rows evaluated here), or None without a
-    champion. Metrics from another test split are never compared: the champion's adapter is
-    evaluated on these rows first (the base outputs are shared)."""
+    champion. Metrics from another test split are never compared, nor a gate metric the
+    champion's evaluation lacks (a judge figure from a run without the judge): the
+    champion's adapter is then evaluated on these rows first (the base outputs are shared)."""
     from ..registry.registry import CHAMPION
 
     champion = registry.alias_version(CHAMPION)
     if champion is None:
         return None, f"test split {test_md5[:12]}"
+    metric = params.evaluate.gate.metric
     if champion.tags.get(f"lineage.split.{params.paths.split.test}") == test_md5:
         logged = registry.client.get_run(champion.run_id).data.metrics
         metrics = {key.removeprefix("eval/adapter/"): value for key, value in logged.items()
                    if key.startswith("eval/adapter/")}
-        return (str(champion.version), metrics), f"test split {test_md5[:12]}, the champion's own"
-    print(f"evaluate: champion v{champion.version} was evaluated on another test split: evaluating it on this one")
-    metrics = evaluate_registered(params, result, registry, champion)
+        if metric in metrics:
+            return (str(champion.version), metrics), f"test split {test_md5[:12]}, the champion's own"
+        why = f"its evaluation has no {metric}"
+    else:
+        why = "it was evaluated on another test split"
+    print(f"evaluate: champion v{champion.version}: {why}: evaluating it on this one")
+    metrics = evaluate_registered(params, result, registry, champion, judge)
     return (str(champion.version), metrics), f"test split {test_md5[:12]}, champion v{champion.version} re-evaluated on it"
 
 
-def evaluate_registered(params: Params, result: Evaluation, registry, version) -> dict:
-    """A registered version's adapter on this evaluation's rows, scored like the candidate."""
+def evaluate_registered(params: Params, result: Evaluation, registry, version, judge=None) -> dict:
+    """A registered version's adapter on this evaluation's rows, scored (and judged, with
+    the judge on) like the candidate."""
+    from .judge import judge_evaluation
+
     import tempfile
 
     from ..modeling import load_adapter_model, load_tokenizer
@@ -200,6 +209,7 @@ def evaluate_registered(params: Params, result: Evaluation, registry, version) -
         model = load_adapter_model(model_params, adapter)
     run = run_model(model, load_tokenizer(model_params.base), result.rows, result.generated, settings_of(params))
     other = score(params, result.rows, result.generated, {"adapter": run, "base": result.runs["base"]}, True)
+    judge_evaluation(judge, other)
     return other.overall["adapter"]
 
 
@@ -216,7 +226,7 @@ def version_tags(params: Params, result: Evaluation, lineage: dict, verified: bo
             "eval.headline": f"adapter vs base: {figures}"}
 
 
-def register(params: Params, result: Evaluation, run_id: str, lock: Path = Path("dvc.lock")):
+def register(params: Params, result: Evaluation, run_id: str, lock: Path = Path("dvc.lock"), judge=None):
     """The adapter's registry version (a new one, or the one already holding this exact
     adapter: a run-cache restore or the same training twice), then the gate.
     Returns (version, gate decision, whether dvc.lock vouches for the evaluated splits, new)."""
@@ -235,7 +245,7 @@ def register(params: Params, result: Evaluation, run_id: str, lock: Path = Path(
     adapter_md5 = workspace_md5(params.paths.train.adapter)
     existing = registry.with_adapter(adapter_md5)
     test_md5 = file_md5(params.paths.split.test)
-    champion, split_note = champion_on_this_split(params, result, registry, test_md5)
+    champion, split_note = champion_on_this_split(params, result, registry, test_md5, judge)
     if existing is not None:  # never a second version of one adapter, never another run's tags rewritten
         version = str(existing.version)
         print(f"evaluate: this adapter ({adapter_md5}) is already registered as v{version} "
@@ -329,7 +339,7 @@ def run_evaluate(params: Params, check_inputs=lambda: None) -> dict:
     check_inputs()
     write_tables(params, result)
 
-    version, decision, verified, new = register(params, result, run_id)
+    version, decision, verified, new = register(params, result, run_id, judge=judge)
     write_report(params, result, run_id, version, decision)
     metrics = headline(result, decision, params.paths.split)
     write_json(params.paths.evaluate.metrics, metrics)

@@ -35,7 +35,9 @@ def decide(gate: GateParams, candidate: dict, champion: dict | None, base: dict,
     korean = candidate.get("korean_only_share", 0.0)
     if korean < gate.min_korean_only:
         return GateDecision(False, f"Korean-only share {korean:.4f} < required {gate.min_korean_only:.4f}")
-    if champion is not None and metric in champion:
+    if champion is not None and metric not in champion:  # never compared with the base model instead
+        return GateDecision(False, f"champion v{champion_version} has no '{metric}' value to compare with")
+    if champion is not None:
         reference, against = champion[metric], f"champion v{champion_version}"
     else:
         reference, against = base[metric], "the base model (no champion yet)"
