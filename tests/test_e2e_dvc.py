@@ -361,6 +361,8 @@ def test_exp_show_compares_two_learning_rates_and_the_run_cache_adds_no_version(
                "-S", "evaluate.max_new_tokens=16")
     assert ran(again) in (["evaluate"], ["train", "evaluate"])
     assert f"already registered as v{first.version}" in again.stdout
+    assert f"version {first.version} (" in (clone / "reports/eval.md").read_text()  # the report names the
+    assert first.run_id in (clone / "reports/eval.md").read_text()  # version's own run, not only this one
     assert len(versions(clone)) == 2
     tags_after = client(clone).get_run(first.run_id).data.tags
     assert tags_after["registered_version"] == tags_before["registered_version"] == str(first.version)

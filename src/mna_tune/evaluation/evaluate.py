@@ -229,7 +229,8 @@ def version_tags(params: Params, result: Evaluation, lineage: dict, verified: bo
 def register(params: Params, result: Evaluation, run_id: str, lock: Path = Path("dvc.lock"), judge=None):
     """The adapter's registry version (a new one, or the one already holding this exact
     adapter: a run-cache restore or the same training twice), then the gate.
-    Returns (version, gate decision, whether dvc.lock vouches for the evaluated splits, new)."""
+    Returns (version, gate decision, whether dvc.lock vouches for the evaluated splits,
+    whether the version is new, the MLflow run it was registered from)."""
     from ..registry.lineage import lineage_from_lock, workspace_md5
     from ..registry.promotion import apply_gate
     from ..registry.registry import Registry
@@ -265,18 +266,20 @@ def register(params: Params, result: Evaluation, run_id: str, lock: Path = Path(
         champion = None  # re-evaluating the champion itself: judged against the base model
     decision = apply_gate(registry, version, overall["adapter"], overall["base"], params.evaluate.gate, champion,
                           split_note)
-    return version, decision, verified, existing is None
+    return version, decision, verified, existing is None, existing.run_id if existing is not None else run_id
 
 
-def write_report(params: Params, result: Evaluation, run_id: str, version: str, decision) -> None:
+def write_report(params: Params, result: Evaluation, run_id: str, version: str, version_run: str, decision) -> None:
     from .report import render
 
     cfg = params.evaluate
     shown = ("question", "source", "category", "reference", "base", "adapter", "base_raw", "adapter_raw",
              "judge_verdict", "judge_orders", "judge_position_flip", "judge_reasons", "base_rubric", "adapter_rubric")
     samples = [{key: row[key] for key in shown if key in row} for row in result.predictions[: cfg.report_samples]]
+    origin = f"MLflow run `{run_id}`" if version_run == run_id else \
+        f"registered from MLflow run `{version_run}`; this evaluation in run `{run_id}`"
     header = [f"- base model: `{params.model.base}`; adapter: `{params.mlflow.registered_model}` version {version} "
-              f"(MLflow run `{run_id}`)",
+              f"({origin})",
               f"- test rows: {len(result.rows)} (answers generated for {len(result.generated)}); base outputs "
               f"{'from cache' if result.base_from_cache else 'computed in this run'}",
               f"- decoding: {'sampling' if cfg.do_sample else 'greedy'}, max {cfg.max_new_tokens} new tokens",
@@ -339,8 +342,8 @@ def run_evaluate(params: Params, check_inputs=lambda: None) -> dict:
     check_inputs()
     write_tables(params, result)
 
-    version, decision, verified, new = register(params, result, run_id, judge=judge)
-    write_report(params, result, run_id, version, decision)
+    version, decision, verified, new, version_run = register(params, result, run_id, judge=judge)
+    write_report(params, result, run_id, version, version_run, decision)
     metrics = headline(result, decision, params.paths.split)
     write_json(params.paths.evaluate.metrics, metrics)
     if new:
