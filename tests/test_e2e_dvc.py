@@ -370,7 +370,8 @@ def test_exp_show_compares_two_learning_rates_and_the_run_cache_adds_no_version(
 
 def test_two_experiments_in_one_workspace_never_leave_a_lying_lock(base, tmp_path):
     """The second `dvc exp run` starts while the first trains: whatever DVC allows, afterwards
-    the workspace's params, lock, adapter and MLflow run agree."""
+    the workspace's lock, adapter and MLflow run agree, params no run used show in `dvc
+    status`, and no MLflow run is left RUNNING."""
     import time
 
     from mna_tune.registry.lineage import workspace_md5
@@ -407,6 +408,10 @@ def test_two_experiments_in_one_workspace_never_leave_a_lying_lock(base, tmp_pat
     now = yaml.safe_load((clone / "params.yaml").read_text())["train"]["learning_rate"]
     if now != locked_rate:  # params that no run used are shown as a change, not hidden
         assert "train" in json.loads(sh(clone, "dvc", "status", "--json").stdout)
+    experiment = client(clone).get_experiment_by_name("mna-tune")
+    if experiment is not None:  # a stopped run ends FAILED with its reason, never RUNNING
+        runs = client(clone).search_runs([experiment.experiment_id])
+        assert {run.info.status for run in runs} <= {"FINISHED", "FAILED", "KILLED"}
 
 
 def test_temp_experiment_logs_into_the_same_store(base, tmp_path):
