@@ -46,3 +46,27 @@ def test_no_dvc_project_no_check(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert stage_inputs("train") == {}
     check_stage_inputs("train", {})
+
+
+def test_a_running_stage_refuses_a_second_experiment_in_its_workspace_but_not_the_queue(tmp_path, monkeypatch):
+    """What `dvc exp run` (and `--temp`) and `dvc exp run --queue` lock when they stash the
+    workspace, tried against a stage that holds the workspace (DVC's own rwlock)."""
+    import pytest
+    from dvc.fs import localfs
+    from dvc.lock import LockError
+    from dvc.repo.experiments.refs import CELERY_STASH, WORKSPACE_STASH
+    from dvc.rwlock import rwlock
+
+    from mna_tune.workspace import workspace_held
+
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    folder = str(tmp_path / ".dvc/tmp/exps")
+    with workspace_held("train"):
+        with pytest.raises(LockError, match="mna-tune train: a stage is running in this workspace"):
+            with rwlock(folder, localfs, "dvc exp run", [], ["workspace", WORKSPACE_STASH], False):
+                pass
+        with rwlock(folder, localfs, "dvc exp run --queue", [], ["workspace", CELERY_STASH], False):
+            pass  # queueing stays possible
+    with rwlock(folder, localfs, "dvc exp run", [], ["workspace", WORKSPACE_STASH], False):
+        pass  # released when the stage ends

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from .params import load_params
-from .workspace import check_stage_inputs, stage_inputs
+from .workspace import check_stage_inputs, stage_inputs, workspace_held
 
 # command -> "module:function"
 STAGES = {
@@ -84,10 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         if args.command in STAGES:  # the lock DVC writes after a stage must describe what it used
-            before = stage_inputs(args.command, args.params)
-            args.check_inputs = lambda: check_stage_inputs(args.command, before, args.params)
-            command_function(args.command)(params, args)
-            args.check_inputs()
+            with workspace_held(args.command):  # no second `dvc exp run` may rewrite params.yaml meanwhile
+                before = stage_inputs(args.command, args.params)
+                args.check_inputs = lambda: check_stage_inputs(args.command, before, args.params)
+                command_function(args.command)(params, args)
+                args.check_inputs()
         else:
             command_function(args.command)(params, args)
     except ValueError as exc:  # every input problem (InputError, ParamsError, ...) is a ValueError

@@ -235,3 +235,62 @@ def check_stage_inputs(stage: str, before: dict, params_path: Path | str = "para
         raise StageInputsChanged(
             f"{what}{more} changed while the {stage} stage ran: another run is using this workspace. Nothing was "
             "recorded for this stage; run experiments side by side with `dvc exp run --queue` or `--temp`")
+
+
+# ---- no second experiment may start in this workspace while a stage runs ----
+
+HOLD_ATTEMPTS = 10  # one a second: another DVC command holds the stash only for a moment
+
+
+def _dvc_root_of(folder: Path) -> Path | None:
+    for candidate in (folder, *folder.parents):
+        if (candidate / ".dvc").is_dir():
+            return candidate
+    return None
+
+
+def _hardlink_lock(root: Path) -> bool:
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read([root / ".dvc/config", root / ".dvc/config.local"], encoding="utf-8")
+    return config.get("core", "hardlink_lock", fallback="false").strip().strip("'\"").lower() == "true"
+
+
+@contextlib.contextmanager
+def workspace_held(stage: str) -> Iterator[None]:
+    """While a stage runs, hold DVC's experiment lock on this workspace's experiment stash.
+    A second `dvc exp run` (or `--temp`) started here meanwhile is then refused by DVC
+    before it writes its -S values into params.yaml, which would otherwise stop this stage
+    (the input guard) and leave params that no run used; `dvc exp run --queue` and `dvc
+    queue start` stay possible. Inside `--temp`/`--queue` copies it is the copy's own lock
+    (the folder the stage runs in, not DVC_ROOT). Outside a DVC project: nothing."""
+    root = _dvc_root_of(Path.cwd().resolve())
+    if root is None or "LOCAL_RANK" in os.environ:  # ranks of a multi-process train: their launcher holds it
+        yield
+        return
+    import time
+
+    from dvc.fs import localfs
+    from dvc.lock import LockError
+    from dvc.repo.experiments.refs import WORKSPACE_STASH
+    from dvc.rwlock import rwlock
+
+    folder = root / ".dvc" / "tmp" / "exps"  # where `dvc exp` keeps its rwlock
+    folder.mkdir(parents=True, exist_ok=True)
+    holder = (f"mna-tune {stage}: a stage is running in this workspace; queue other experiments with "
+              "`dvc exp run --queue`, or start them when it ends")
+    for attempt in range(HOLD_ATTEMPTS):
+        try:
+            held = rwlock(str(folder), localfs, holder, [], [WORKSPACE_STASH], _hardlink_lock(root))
+            held.__enter__()
+            break
+        except LockError as busy:
+            if attempt == HOLD_ATTEMPTS - 1:
+                raise StageInputsChanged(f"the {stage} stage cannot start: another DVC experiment command holds "
+                                         f"this workspace ({' '.join(str(busy).split())})") from None
+            time.sleep(1)
+    try:
+        yield
+    finally:
+        held.__exit__(None, None, None)
