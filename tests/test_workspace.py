@@ -70,3 +70,23 @@ def test_a_running_stage_refuses_a_second_experiment_in_its_workspace_but_not_th
             pass  # queueing stays possible
     with rwlock(folder, localfs, "dvc exp run", [], ["workspace", WORKSPACE_STASH], False):
         pass  # released when the stage ends
+
+
+def test_a_stage_waits_for_a_dvc_command_that_holds_the_workspace_then_says_so(tmp_path, monkeypatch):
+    import pytest
+    from dvc.fs import localfs
+    from dvc.repo.experiments.refs import WORKSPACE_STASH
+    from dvc.rwlock import rwlock
+
+    from mna_tune import workspace
+    from mna_tune.workspace import StageInputsChanged, workspace_held
+
+    (tmp_path / ".dvc/tmp/exps").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(workspace, "HOLD_ATTEMPTS", 2)
+    with rwlock(str(tmp_path / ".dvc/tmp/exps"), localfs, "dvc exp run -n other", [], ["workspace", WORKSPACE_STASH],
+                False):
+        with pytest.raises(StageInputsChanged, match="the train stage cannot start: another DVC experiment command "
+                                                     "holds this workspace .*dvc exp run -n other"):
+            with workspace_held("train"):
+                pass

@@ -280,17 +280,14 @@ def workspace_held(stage: str) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
     holder = (f"mna-tune {stage}: a stage is running in this workspace; queue other experiments with "
               "`dvc exp run --queue`, or start them when it ends")
-    for attempt in range(HOLD_ATTEMPTS):
-        try:
-            held = rwlock(str(folder), localfs, holder, [], [WORKSPACE_STASH], _hardlink_lock(root))
-            held.__enter__()
-            break
-        except LockError as busy:
-            if attempt == HOLD_ATTEMPTS - 1:
-                raise StageInputsChanged(f"the {stage} stage cannot start: another DVC experiment command holds "
-                                         f"this workspace ({' '.join(str(busy).split())})") from None
-            time.sleep(1)
-    try:
+    with contextlib.ExitStack() as stack:
+        for attempt in range(HOLD_ATTEMPTS):
+            try:
+                stack.enter_context(rwlock(str(folder), localfs, holder, [], [WORKSPACE_STASH], _hardlink_lock(root)))
+                break
+            except LockError as busy:
+                if attempt == HOLD_ATTEMPTS - 1:
+                    raise StageInputsChanged(f"the {stage} stage cannot start: another DVC experiment command "
+                                             f"holds this workspace ({' '.join(str(busy).split())})") from None
+                time.sleep(1)
         yield
-    finally:
-        held.__exit__(None, None, None)
