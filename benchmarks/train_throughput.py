@@ -45,8 +45,10 @@ PIPELINE = "pipeline (4x2, dynamic padding)"
 PACKING = "pipeline + packing (4x2 packs of 384)"
 NOTEBOOK = "notebook (1x8, padded to 384)"
 CONFIGS = {
-    NOTEBOOK: {"train": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 8},
-               "overrides": {"pad_to_multiple_of": 384}},
+    NOTEBOOK: {
+        "train": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 8},
+        "overrides": {"pad_to_multiple_of": 384},
+    },
     PLAIN: {"plain_trl": True, "malloc": False},
     PLAIN_MALLOC: {"plain_trl": True},
     PIPELINE: {"train": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}},
@@ -64,10 +66,16 @@ def plain_trl_trainer(params, rows: list[dict], steps: int, scratch: Path):
     from mna_tune.qwen_tokenizer import build_qwen3_tokenizer
 
     dataset = Dataset.from_list([{"messages": build_messages(r["question"], r["answer"])} for r in rows])
-    args = SFTConfig(output_dir=str(scratch), max_steps=steps, bf16=False, report_to="none", save_strategy="no",
-                     disable_tqdm=True)
-    return SFTTrainer(model=load_base_model(params.model), args=args, train_dataset=dataset,
-                      processing_class=build_qwen3_tokenizer(), peft_config=lora_config(params.lora, params.model))
+    args = SFTConfig(
+        output_dir=str(scratch), max_steps=steps, bf16=False, report_to="none", save_strategy="no", disable_tqdm=True
+    )
+    return SFTTrainer(
+        model=load_base_model(params.model),
+        args=args,
+        train_dataset=dataset,
+        processing_class=build_qwen3_tokenizer(),
+        peft_config=lora_config(params.lora, params.model),
+    )
 
 
 def pipeline_trainer(params, config: dict, rows: list[dict], steps: int, scratch: Path):
@@ -77,11 +85,33 @@ def pipeline_trainer(params, config: dict, rows: list[dict], steps: int, scratch
     from mna_tune.training.trainer import build_trainer
 
     pairs = [training_pair(build_messages(r["question"], r["answer"])) for r in rows]
-    params = params.model_copy(update={"train": params.train.model_copy(update={
-        "max_steps": steps, "learning_rate": 1e-4, "max_length": 384, "save_steps": 10_000, "logging_steps": steps,
-        "packing": False, **config.get("train", {})})})
-    return build_trainer(params, load_base_model(params.model), build_qwen3_tokenizer(), pairs, [], scratch, 384,
-                         save_strategy="no", disable_tqdm=True, **config.get("overrides", {}))
+    params = params.model_copy(
+        update={
+            "train": params.train.model_copy(
+                update={
+                    "max_steps": steps,
+                    "learning_rate": 1e-4,
+                    "max_length": 384,
+                    "save_steps": 10_000,
+                    "logging_steps": steps,
+                    "packing": False,
+                    **config.get("train", {}),
+                }
+            )
+        }
+    )
+    return build_trainer(
+        params,
+        load_base_model(params.model),
+        build_qwen3_tokenizer(),
+        pairs,
+        [],
+        scratch,
+        384,
+        save_strategy="no",
+        disable_tqdm=True,
+        **config.get("overrides", {}),
+    )
 
 
 def counting(trainer, seen: dict) -> None:
@@ -128,8 +158,12 @@ def run_one(name: str, rows: int, steps: int, out: Path | None, profile: bool = 
         started = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - started
-    report = {"seconds": seconds, "steps": int(result.global_step), **seen,
-              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    report = {
+        "seconds": seconds,
+        "steps": int(result.global_step),
+        **seen,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
     if out is not None:
         out.write_text(json.dumps(report))
     return report
@@ -149,14 +183,20 @@ def summary(name: str, runs: list[dict]) -> dict:
     first = runs[0]
     for r in runs[1:]:  # the same batches every repeat
         assert (r["rows"], r["tokens"], r["trained"]) == (first["rows"], first["tokens"], first["trained"]), name
-    return {"runs": runs, "rows": first["rows"], "tokens": first["tokens"], "trained": first["trained"],
-            "padded": first["padded"], "steps": first["steps"],
-            "rates": [r["tokens"] / r["seconds"] for r in runs],
-            "trained_rates": [r["trained"] / r["seconds"] for r in runs],
-            # the fastest run: the one least slowed by other work on a shared machine
-            "rate": max(r["tokens"] / r["seconds"] for r in runs),
-            "trained_rate": max(r["trained"] / r["seconds"] for r in runs),
-            "rss": max(r["peak_rss_mib"] for r in runs)}
+    return {
+        "runs": runs,
+        "rows": first["rows"],
+        "tokens": first["tokens"],
+        "trained": first["trained"],
+        "padded": first["padded"],
+        "steps": first["steps"],
+        "rates": [r["tokens"] / r["seconds"] for r in runs],
+        "trained_rates": [r["trained"] / r["seconds"] for r in runs],
+        # the fastest run: the one least slowed by other work on a shared machine
+        "rate": max(r["tokens"] / r["seconds"] for r in runs),
+        "trained_rate": max(r["trained"] / r["seconds"] for r in runs),
+        "rss": max(r["peak_rss_mib"] for r in runs),
+    }
 
 
 def main() -> None:
@@ -164,8 +204,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=96)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--profile", metavar="CONFIGURATION", choices=list(CONFIGS),
-                        help="profile one configuration's steps in this process instead")
+    parser.add_argument(
+        "--profile",
+        metavar="CONFIGURATION",
+        choices=list(CONFIGS),
+        help="profile one configuration's steps in this process instead",
+    )
     parser.add_argument("--only", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -180,42 +224,71 @@ def main() -> None:
     for _ in range(args.repeats):  # take turns, so a burst of load on the machine hits every configuration
         for name in CONFIGS:
             with tempfile.NamedTemporaryFile(suffix=".json") as handle:
-                done = subprocess.run([sys.executable, __file__, "--only", name, "--rows", str(args.rows), "--steps",
-                                       str(args.steps), "--out", handle.name], capture_output=True, text=True,
-                                      check=False)
+                done = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--only",
+                        name,
+                        "--rows",
+                        str(args.rows),
+                        "--steps",
+                        str(args.steps),
+                        "--out",
+                        handle.name,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
                 if done.returncode:
                     sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
                 runs[name].append(json.loads(Path(handle.name).read_text()))
     results = {name: summary(name, r) for name, r in runs.items()}
 
     reference = results[PLAIN_MALLOC]
-    print(f"tiny-qwen3 LoRA r=8 on CPU ({platform.processor() or platform.machine()}), {args.steps} optimizer "
-          f"steps over the first {args.rows} rows of data/sample/mna_qa.json, {args.repeats} repeats (run 1 / "
-          f"run 2 ...; ratios from each configuration's fastest run, peak RSS from its largest)\n")
-    print("| configuration | rows | real tokens | trained tokens | padding share | wall s | real tokens/s "
-          "| trained tokens/s | peak RSS MiB | real tokens/s vs plain TRL + malloc |")
+    print(
+        f"tiny-qwen3 LoRA r=8 on CPU ({platform.processor() or platform.machine()}), {args.steps} optimizer "
+        f"steps over the first {args.rows} rows of data/sample/mna_qa.json, {args.repeats} repeats (run 1 / "
+        f"run 2 ...; ratios from each configuration's fastest run, peak RSS from its largest)\n"
+    )
+    print(
+        "| configuration | rows | real tokens | trained tokens | padding share | wall s | real tokens/s "
+        "| trained tokens/s | peak RSS MiB | real tokens/s vs plain TRL + malloc |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def each(values, fmt):
         return " / ".join(format(v, fmt) for v in values)
 
     for name, r in results.items():
-        print(f"| {name} | {r['rows']} | {r['tokens']:,} | {r['trained']:,} | {1 - r['tokens'] / r['padded']:.0%} "
-              f"| {each([x['seconds'] for x in r['runs']], '.1f')} | {each(r['rates'], '.0f')} "
-              f"| {each(r['trained_rates'], '.0f')} | {each([x['peak_rss_mib'] for x in r['runs']], '.0f')} "
-              f"| {r['rate'] / reference['rate']:.2f}x |")
+        print(
+            f"| {name} | {r['rows']} | {r['tokens']:,} | {r['trained']:,} | {1 - r['tokens'] / r['padded']:.0%} "
+            f"| {each([x['seconds'] for x in r['runs']], '.1f')} | {each(r['rates'], '.0f')} "
+            f"| {each(r['trained_rates'], '.0f')} | {each([x['peak_rss_mib'] for x in r['runs']], '.0f')} "
+            f"| {r['rate'] / reference['rate']:.2f}x |"
+        )
 
     pipeline, packing = results[PIPELINE], results[PACKING]
     speedup = pipeline["rate"] / reference["rate"]
     print("\nTargets:")
-    print(f"- pipeline real tokens/s >= 1.5x plain TRL + malloc: {speedup:.2f}x "
-          + ("(met)" if speedup >= 1.5 else f"(missed by {1.5 - speedup:.2f}x)"))
-    print(f"- pipeline peak RSS <= plain TRL + malloc: {pipeline['rss']:.0f} vs {reference['rss']:.0f} MiB "
-          + ("(met)" if pipeline["rss"] <= reference["rss"] else
-             f"(missed by {pipeline['rss'] - reference['rss']:.0f} MiB)"))
+    print(
+        f"- pipeline real tokens/s >= 1.5x plain TRL + malloc: {speedup:.2f}x "
+        + ("(met)" if speedup >= 1.5 else f"(missed by {1.5 - speedup:.2f}x)")
+    )
+    print(
+        f"- pipeline peak RSS <= plain TRL + malloc: {pipeline['rss']:.0f} vs {reference['rss']:.0f} MiB "
+        + (
+            "(met)"
+            if pipeline["rss"] <= reference["rss"]
+            else f"(missed by {pipeline['rss'] - reference['rss']:.0f} MiB)"
+        )
+    )
     ratio = packing["rate"] / pipeline["rate"]
-    print(f"- packing real tokens/s >= pipeline: {ratio:.2f}x "
-          + ("(met)" if ratio >= 1 else f"(missed by {1 - ratio:.0%})"))
+    print(
+        f"- packing real tokens/s >= pipeline: {ratio:.2f}x "
+        + ("(met)" if ratio >= 1 else f"(missed by {1 - ratio:.0%})")
+    )
 
 
 if __name__ == "__main__":

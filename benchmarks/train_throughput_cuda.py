@@ -32,10 +32,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {  # Qwen3-8B's architecture; tiny only checks this script on a CPU
-    "qwen3-8b": dict(hidden_size=4096, num_hidden_layers=36, intermediate_size=12288, num_attention_heads=32,
-                     num_key_value_heads=8, head_dim=128),
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=16),
+    "qwen3-8b": dict(
+        hidden_size=4096,
+        num_hidden_layers=36,
+        intermediate_size=12288,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+    ),
 }
 CONFIGS = {"bf16-lora": "none", "qlora-4bit": "4bit"}
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
@@ -51,8 +63,15 @@ def write_random_model(shape: str, folder: Path) -> None:
 
     if (folder / "config.json").is_file():
         return
-    config = Qwen3Config(vocab_size=QWEN3_VOCAB_SIZE, max_position_embeddings=40960, tie_word_embeddings=False,
-                         bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, **SHAPES[shape])
+    config = Qwen3Config(
+        vocab_size=QWEN3_VOCAB_SIZE,
+        max_position_embeddings=40960,
+        tie_word_embeddings=False,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        pad_token_id=151643,
+        **SHAPES[shape],
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # initialise in bf16: an fp32 8B model would need 32 GB first
@@ -105,15 +124,31 @@ def run_one(args: argparse.Namespace) -> None:
     keep_freed_memory()
     started = time.perf_counter()
     params = load_params(REPO / "params.yaml")
-    params = params.model_copy(update={
-        "model": params.model.model_copy(update={"base": str(args.workdir), "quantization": CONFIGS[args.only],
-                                                 "dtype": "bfloat16" if torch.cuda.is_available() else "float32"}),
-        "lora": params.lora.model_copy(update={"r": 8, "alpha": 16, "dropout": 0.0}),
-        "train": params.train.model_copy(update={
-            "per_device_train_batch_size": args.batch, "gradient_accumulation_steps": 1, "max_steps": 10_000,
-            "packing": True, "gradient_checkpointing": args.gradient_checkpointing, "learning_rate": 1e-4,
-            "save_steps": 10_000, "logging_steps": 10_000, "warmup_ratio": 0.0}),
-    })
+    params = params.model_copy(
+        update={
+            "model": params.model.model_copy(
+                update={
+                    "base": str(args.workdir),
+                    "quantization": CONFIGS[args.only],
+                    "dtype": "bfloat16" if torch.cuda.is_available() else "float32",
+                }
+            ),
+            "lora": params.lora.model_copy(update={"r": 8, "alpha": 16, "dropout": 0.0}),
+            "train": params.train.model_copy(
+                update={
+                    "per_device_train_batch_size": args.batch,
+                    "gradient_accumulation_steps": 1,
+                    "max_steps": 10_000,
+                    "packing": True,
+                    "gradient_checkpointing": args.gradient_checkpointing,
+                    "learning_rate": 1e-4,
+                    "save_steps": 10_000,
+                    "logging_steps": 10_000,
+                    "warmup_ratio": 0.0,
+                }
+            ),
+        }
+    )
     rows = json.loads((REPO / "data/sample/mna_qa.json").read_text(encoding="utf-8"))
     records = [training_pair(build_messages(r["question"], r["answer"])) for r in rows] * 20  # the trainer cycles them
     tokenizer = load_tokenizer(params.model.base)
@@ -140,8 +175,18 @@ def run_one(args: argparse.Namespace) -> None:
             self.last = (now, dict(seen), state.global_step)
 
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = build_trainer(params, model, tokenizer, records, [], Path(scratch), args.max_length,
-                                callbacks=[meter := Meter()], save_strategy="no", disable_tqdm=True)
+        trainer = build_trainer(
+            params,
+            model,
+            tokenizer,
+            records,
+            [],
+            Path(scratch),
+            args.max_length,
+            callbacks=[meter := Meter()],
+            save_strategy="no",
+            disable_tqdm=True,
+        )
         collate = trainer.data_collator
 
         def counting(examples):  # rows and tokens that really reach the model
@@ -160,14 +205,23 @@ def run_one(args: argparse.Namespace) -> None:
     tokens, samples = seen1["tokens"] - seen0["tokens"], seen1["rows"] - seen0["rows"]
     dense, lora = flops_per_token(model.config, seen1["tokens"] / max(seen1["rows"], 1))
     peak, peak_note = peak_flops(args.peak_tflops)
-    args.out.write_text(json.dumps({
-        "steps": step1 - step0, "seconds": seconds, "tokens_per_s": tokens / seconds,
-        "samples_per_s": samples / seconds,
-        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-        "mfu_6n": tokens / seconds * dense / peak, "mfu_lora": tokens / seconds * lora / peak, "peak": peak_note,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "setup_s": t0 - started, "mean_row_tokens": seen1["tokens"] / max(seen1["rows"], 1),
-    }))
+    args.out.write_text(
+        json.dumps(
+            {
+                "steps": step1 - step0,
+                "seconds": seconds,
+                "tokens_per_s": tokens / seconds,
+                "samples_per_s": samples / seconds,
+                "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+                "mfu_6n": tokens / seconds * dense / peak,
+                "mfu_lora": tokens / seconds * lora / peak,
+                "peak": peak_note,
+                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                "setup_s": t0 - started,
+                "mean_row_tokens": seen1["tokens"] / max(seen1["rows"], 1),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -199,12 +253,27 @@ def main() -> None:
             results[name] = f"skipped: {left:.0f}s left of --max-seconds"
             continue
         with tempfile.NamedTemporaryFile(suffix=".json") as handle:
-            command = [sys.executable, __file__, "--only", name, "--out", handle.name, "--shape", args.shape,
-                       "--workdir", str(args.workdir), "--batch", str(args.batch), "--max-length",
-                       str(args.max_length), "--measure-seconds", str(args.measure_seconds), "--warmup-steps",
-                       str(args.warmup_steps), "--gradient-checkpointing" if args.gradient_checkpointing
-                       else "--no-gradient-checkpointing"] + (["--peak-tflops", str(args.peak_tflops)]
-                                                              if args.peak_tflops else [])
+            command = [
+                sys.executable,
+                __file__,
+                "--only",
+                name,
+                "--out",
+                handle.name,
+                "--shape",
+                args.shape,
+                "--workdir",
+                str(args.workdir),
+                "--batch",
+                str(args.batch),
+                "--max-length",
+                str(args.max_length),
+                "--measure-seconds",
+                str(args.measure_seconds),
+                "--warmup-steps",
+                str(args.warmup_steps),
+                "--gradient-checkpointing" if args.gradient_checkpointing else "--no-gradient-checkpointing",
+            ] + (["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else [])
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=left)
             except subprocess.TimeoutExpired:
@@ -216,9 +285,11 @@ def main() -> None:
                 continue
             results[name] = json.loads(Path(handle.name).read_text())
     first = next((r for r in results.values() if isinstance(r, dict)), None)
-    print(f"Qwen3 {args.shape}-shaped random model, packing {args.batch} x {args.max_length} tokens, LoRA r=8 on "
-          f"all projections, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; "
-          f"{first['device'] if first else '?'}; peak {first['peak'] if first else '?'}\n")
+    print(
+        f"Qwen3 {args.shape}-shaped random model, packing {args.batch} x {args.max_length} tokens, LoRA r=8 on "
+        f"all projections, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; "
+        f"{first['device'] if first else '?'}; peak {first['peak'] if first else '?'}\n"
+    )
     print("| configuration | timed steps | tokens/s | samples/s | peak GPU GiB | MFU (6N) | MFU (LoRA 4N) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
@@ -226,8 +297,10 @@ def main() -> None:
             print(f"| {name} | {r} | | | | | |")
             continue
         memory = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "n/a"
-        print(f"| {name} | {r['steps']} | {r['tokens_per_s']:.0f} | {r['samples_per_s']:.1f} | {memory} | "
-              f"{r['mfu_6n']:.1%} | {r['mfu_lora']:.1%} |")
+        print(
+            f"| {name} | {r['steps']} | {r['tokens_per_s']:.0f} | {r['samples_per_s']:.1f} | {memory} | "
+            f"{r['mfu_6n']:.1%} | {r['mfu_lora']:.1%} |"
+        )
 
 
 if __name__ == "__main__":

@@ -13,19 +13,31 @@ SOURCE_DIR = "Training/01.원천데이터/TS_01.한국어말뭉치데이터_문�
 
 
 def other_doc(middle: str, *contents: list[tuple[str, str]], main: str = "문어체") -> dict:
-    return {"data_category": {"main": main, "middle": middle, "sub": ""},
-            "contents": [{"text": "본문", "QA": [{"question": q, "answer": a} for q, a in qa]} for qa in contents]}
+    return {
+        "data_category": {"main": main, "middle": middle, "sub": ""},
+        "contents": [{"text": "본문", "QA": [{"question": q, "answer": a} for q, a in qa]} for qa in contents],
+    }
 
 
 def sft_record(middle: str, question: str, answer: str) -> dict:
-    return {"data_id": f"sft-{abs(hash(question)) % 10**8}", "data_category": {"main": "구어체", "middle": middle},
-            "question_type": "생성", "question_count": len(question), "question": question,
-            "answer": {"contents": answer, "answer_count": len(answer)}}
+    return {
+        "data_id": f"sft-{abs(hash(question)) % 10**8}",
+        "data_category": {"main": "구어체", "middle": middle},
+        "question_type": "생성",
+        "question_count": len(question),
+        "question": question,
+        "answer": {"contents": answer, "answer_count": len(answer)},
+    }
 
 
 def rm_record(middle: str, question: str, answers: list[tuple[str, int]]) -> dict:
-    record = {"data_id": f"rm-{abs(hash(question)) % 10**8}", "data_category": {"main": "구어체", "middle": middle},
-              "question_type": "생성", "question_count": len(question), "question": question}
+    record = {
+        "data_id": f"rm-{abs(hash(question)) % 10**8}",
+        "data_category": {"main": "구어체", "middle": middle},
+        "question_type": "생성",
+        "question_count": len(question),
+        "question": question,
+    }
     for number, (text, rank) in enumerate(answers, start=1):
         record[f"answer{number:02d}"] = {"answer_count": len(text), "ranking": rank, "contents": text}
     return record
@@ -39,28 +51,71 @@ def write_json(path: Path, obj) -> Path:
 
 def standard_tree(root: Path) -> dict:
     """A download with one of each unit kind. Returns the QA pairs a reader must find."""
-    write_json(root / SOURCE_DIR / "WL01-00-01.json",
-               {"dataset_info": {}, "data_info": [{"data_id": "s1", "contents": "<ul><li>원문</li></ul>",
-                                                   "data_category": {"main": "문어체", "middle": "사회"}}]})
-    write_json(root / OTHER_DIR / "OT-1.json", [
-        other_doc("사회", [("합병이란 무엇인가요?", "두 회사가 하나로 합쳐지는 것입니다.")],
-                  [("공개매수란?", "불특정 다수에게 장외에서 주식을 사겠다고 공고하는 것입니다.")]),
-        other_doc("예체능", [("축구 경기는 몇 명이 하나요?", "한 팀에 열한 명입니다.")]),
-    ])
-    write_json(root / SFT_DIR / "SFTlabel.json", {"data_info": [
-        sft_record("사회", "주주총회 특별결의 요건은?", "출석 주주 의결권의 3분의 2 이상과 발행주식총수의 3분의 1 이상입니다."),
-        sft_record("기타", "안녕하세요 ", "안녕하세요"),  # echo row
-    ]})
-    write_json(root / SFT_DIR / "RMlabel.json", {"data_info": [
-        rm_record("사회", "실사란 무엇인가요?", [("모릅니다.", 3), ("대상 회사를 조사하는 절차입니다.", 1),
-                                           ("조사", 2), ("회계", 4), ("법", 5)]),
-    ]})
-    write_json(root / VL_DIR / "SFTlabel.json", {"data_info": [
-        sft_record("종교", "부활절은 언제인가요?", "춘분 뒤 첫 보름달 다음 일요일입니다."),
-    ]})
-    write_json(root / VL_DIR / "RMlabel.json", {"data_info": [
-        rm_record("산업", "배당이란?", [("이익을 주주에게 나누어 주는 것입니다.", 1), ("돈", 2)]),
-    ]})
+    write_json(
+        root / SOURCE_DIR / "WL01-00-01.json",
+        {
+            "dataset_info": {},
+            "data_info": [
+                {
+                    "data_id": "s1",
+                    "contents": "<ul><li>원문</li></ul>",
+                    "data_category": {"main": "문어체", "middle": "사회"},
+                }
+            ],
+        },
+    )
+    write_json(
+        root / OTHER_DIR / "OT-1.json",
+        [
+            other_doc(
+                "사회",
+                [("합병이란 무엇인가요?", "두 회사가 하나로 합쳐지는 것입니다.")],
+                [("공개매수란?", "불특정 다수에게 장외에서 주식을 사겠다고 공고하는 것입니다.")],
+            ),
+            other_doc("예체능", [("축구 경기는 몇 명이 하나요?", "한 팀에 열한 명입니다.")]),
+        ],
+    )
+    write_json(
+        root / SFT_DIR / "SFTlabel.json",
+        {
+            "data_info": [
+                sft_record(
+                    "사회",
+                    "주주총회 특별결의 요건은?",
+                    "출석 주주 의결권의 3분의 2 이상과 발행주식총수의 3분의 1 이상입니다.",
+                ),
+                sft_record("기타", "안녕하세요 ", "안녕하세요"),  # echo row
+            ]
+        },
+    )
+    write_json(
+        root / SFT_DIR / "RMlabel.json",
+        {
+            "data_info": [
+                rm_record(
+                    "사회",
+                    "실사란 무엇인가요?",
+                    [("모릅니다.", 3), ("대상 회사를 조사하는 절차입니다.", 1), ("조사", 2), ("회계", 4), ("법", 5)],
+                ),
+            ]
+        },
+    )
+    write_json(
+        root / VL_DIR / "SFTlabel.json",
+        {
+            "data_info": [
+                sft_record("종교", "부활절은 언제인가요?", "춘분 뒤 첫 보름달 다음 일요일입니다."),
+            ]
+        },
+    )
+    write_json(
+        root / VL_DIR / "RMlabel.json",
+        {
+            "data_info": [
+                rm_record("산업", "배당이란?", [("이익을 주주에게 나누어 주는 것입니다.", 1), ("돈", 2)]),
+            ]
+        },
+    )
     return {
         ("합병이란 무엇인가요?", "두 회사가 하나로 합쳐지는 것입니다."),
         ("공개매수란?", "불특정 다수에게 장외에서 주식을 사겠다고 공고하는 것입니다."),

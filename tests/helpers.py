@@ -37,18 +37,22 @@ def repo_params(**sections: dict) -> Params:
     repo_params(filter={"min_score": 0}). Paths stay relative (to the test's folder);
     the lexicon is the repository's."""
     params = load_params(REPO / "params.yaml")
-    repository_files = {"lexicon_path": REPO / "data/lexicon/domain_terms.tsv",
-                        "llm_prompt_path": REPO / "prompts/llm_relevance.txt"}
+    repository_files = {
+        "lexicon_path": REPO / "data/lexicon/domain_terms.tsv",
+        "llm_prompt_path": REPO / "prompts/llm_relevance.txt",
+    }
     sections = {**sections, "filter": {**repository_files, **sections.get("filter", {})}}
-    return params.model_copy(update={name: getattr(params, name).model_copy(update=values)
-                                     for name, values in sections.items()})
+    return params.model_copy(
+        update={name: getattr(params, name).model_copy(update=values) for name, values in sections.items()}
+    )
 
 
 def tiny_params(**train) -> Params:
     """Quick training on the tiny model: 3 steps of 2 rows unless `train` says otherwise."""
-    return repo_params(train={"max_steps": 3, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
-                              **train},
-                       evaluate={"max_new_tokens": 8, "batch_size": 4})
+    return repo_params(
+        train={"max_steps": 3, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, **train},
+        evaluate={"max_new_tokens": 8, "batch_size": 4},
+    )
 
 
 def with_section(params: Params, section: str, **values) -> Params:
@@ -56,8 +60,9 @@ def with_section(params: Params, section: str, **values) -> Params:
 
 
 def chat_rows(pairs):
-    return [{"id": content_id(q, a), "source": "mna", "category": "M&A", "messages": build_messages(q, a)}
-            for q, a in pairs]
+    return [
+        {"id": content_id(q, a), "source": "mna", "category": "M&A", "messages": build_messages(q, a)} for q, a in pairs
+    ]
 
 
 def write_splits(root: Path) -> None:
@@ -76,10 +81,17 @@ def write_params(root: Path, params: Params | dict) -> Path:
 def cli_env(root: Path, **extra: str) -> dict:
     """The environment for running `mna-tune` in `root` as its own repository: this
     interpreter's scripts first, DVC_ROOT at `root`, no tracking URI from outside."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME")}
-    env.update(PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"], DVC_ROOT=str(root),
-               HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1")
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME")
+    }
+    env.update(
+        PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+        DVC_ROOT=str(root),
+        HF_HUB_OFFLINE="1",
+        DVC_NO_ANALYTICS="1",
+    )
     env.update(extra)
     return env
 
@@ -109,6 +121,7 @@ def wait_until(ready, timeout_s: float, what: str, alive=lambda: True, interval_
 
 
 # ---- a fake OpenAI-compatible chat endpoint ----
+
 
 class FakeChatEndpoint:
     """Records every request ({path, headers, body}) and answers the scripted (status, body)
@@ -185,6 +198,7 @@ def serve_chat(state: FakeChatEndpoint, monkeypatch) -> Iterator[FakeChatEndpoin
 
 # ---- a fake LLM judge: reads the repository's prompts, answers by the requested schema ----
 
+
 def _between(text: str, start: str, end: str | None) -> str:
     tail = text.split(start, 1)[1]
     return (tail.split(end, 1)[0] if end else tail).strip("\n")
@@ -194,8 +208,11 @@ def fields_of(kind: str, prompt: str) -> dict:
     """What the repository's prompts put where (the fake reads its own prompt, not a reply)."""
     question = _between(prompt, "질문:\n", "\n\n참고 답변:\n")
     if kind == "pairwise":
-        return {"question": question, "a": _between(prompt, "\n답변 A:\n", "\n\n답변 B:\n"),
-                "b": _between(prompt, "\n답변 B:\n", None)}
+        return {
+            "question": question,
+            "a": _between(prompt, "\n답변 A:\n", "\n\n답변 B:\n"),
+            "b": _between(prompt, "\n답변 B:\n", None),
+        }
     return {"question": question, "answer": _between(prompt, "\n답변:\n", None)}
 
 
@@ -204,8 +221,13 @@ def prefer_adapter(kind, fields):
         winner = "A" if "어댑터" in fields["a"] else "B" if "어댑터" in fields["b"] else "tie"
         return {"reason": f"{winner} 쪽이 더 정확합니다.", "winner": winner}
     good = "어댑터" in fields["answer"]
-    return {"reason": "좋은 답변" if good else "부족한 답변", "accuracy": 4 if good else 2, "korean": 5 if good else 3,
-            "terminology": 3 if good else 1, "completeness": 4 if good else 2}
+    return {
+        "reason": "좋은 답변" if good else "부족한 답변",
+        "accuracy": 4 if good else 2,
+        "korean": 5 if good else 3,
+        "terminology": 3 if good else 1,
+        "completeness": 4 if good else 2,
+    }
 
 
 class FakeJudge(FakeChatEndpoint):

@@ -1,5 +1,12 @@
-from mna_tune.chat import (CHAT_TEMPLATE, EMPTY_THINK, SYSTEM_PROMPT, build_messages, render_completion, render_prompt,
-                           strip_think)
+from mna_tune.chat import (
+    CHAT_TEMPLATE,
+    EMPTY_THINK,
+    SYSTEM_PROMPT,
+    build_messages,
+    render_completion,
+    render_prompt,
+    strip_think,
+)
 
 
 def test_prompt_is_qwen3_no_think_format():
@@ -16,8 +23,9 @@ def test_prompt_is_qwen3_no_think_format():
 def test_tokenizer_chat_template_renders_exactly_what_training_uses(qwen3_tokenizer):
     messages = build_messages("공개매수란?", "장외에서 불특정 다수에게 주식을 사겠다고 공고하는 것입니다.")
     assert qwen3_tokenizer.chat_template == CHAT_TEMPLATE
-    prompt = qwen3_tokenizer.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True,
-                                                 enable_thinking=False)
+    prompt = qwen3_tokenizer.apply_chat_template(
+        messages[:2], tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
     assert prompt == render_prompt(messages)
     full = qwen3_tokenizer.apply_chat_template(messages, tokenize=False)
     assert full == render_prompt(messages) + render_completion(messages[-1]["content"]) + "\n"

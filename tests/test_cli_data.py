@@ -4,19 +4,20 @@ import json
 
 import pytest
 import yaml
+from conftest import REPO
 
 from aihub_factory import standard_tree, zip_every_archive
 from mna_tune.cli import main
 from mna_tune.workspace import read_jsonl
 
-from conftest import REPO
-
 
 def setup_workspace(root, on_error="fail"):
     standard_tree(root / "download")
     zip_every_archive(root / "download")
-    mna = [{"question": "합병이란 무엇인가요?", "answer": "두 회사가 하나로 합쳐지는 것입니다.", "source": "중복"},
-           {"question": "PMI란?", "answer": "인수 후 통합 과정입니다.", "source": "교재"}]
+    mna = [
+        {"question": "합병이란 무엇인가요?", "answer": "두 회사가 하나로 합쳐지는 것입니다.", "source": "중복"},
+        {"question": "PMI란?", "answer": "인수 후 통합 과정입니다.", "source": "교재"},
+    ]
     (root / "mna.json").write_text(json.dumps(mna, ensure_ascii=False), encoding="utf-8")
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["data"] = {"aihub_dir": "download", "mna_path": "mna.json"}
@@ -38,14 +39,16 @@ def test_splits_hold_exactly_the_qa_rows_minus_excluded_echo_and_duplicates(in_t
     setup_workspace(in_tmp)
     for stage in ("extract", "filter", "merge", "split"):
         assert main([stage]) == 0
-    assert sorted(split_pairs(in_tmp)) == sorted([
-        ("합병이란 무엇인가요?", "두 회사가 하나로 합쳐지는 것입니다."),  # once, though in both sources
-        ("PMI란?", "인수 후 통합 과정입니다."),
-        ("공개매수란?", "불특정 다수에게 장외에서 주식을 사겠다고 공고하는 것입니다."),
-        ("주주총회 특별결의 요건은?", "출석 주주 의결권의 3분의 2 이상과 발행주식총수의 3분의 1 이상입니다."),
-        ("실사란 무엇인가요?", "대상 회사를 조사하는 절차입니다."),  # the rank-1 answer, stored as answer02
-        ("배당이란?", "이익을 주주에게 나누어 주는 것입니다."),
-    ])
+    assert sorted(split_pairs(in_tmp)) == sorted(
+        [
+            ("합병이란 무엇인가요?", "두 회사가 하나로 합쳐지는 것입니다."),  # once, though in both sources
+            ("PMI란?", "인수 후 통합 과정입니다."),
+            ("공개매수란?", "불특정 다수에게 장외에서 주식을 사겠다고 공고하는 것입니다."),
+            ("주주총회 특별결의 요건은?", "출석 주주 의결권의 3분의 2 이상과 발행주식총수의 3분의 1 이상입니다."),
+            ("실사란 무엇인가요?", "대상 회사를 조사하는 절차입니다."),  # the rank-1 answer, stored as answer02
+            ("배당이란?", "이익을 주주에게 나누어 주는 것입니다."),
+        ]
+    )
     filtered = json.loads((in_tmp / "reports/filter.json").read_text())
     assert filtered["dropped"]["excluded_category"] == 2 and filtered["dropped"]["echo"] == 1
     assert json.loads((in_tmp / "reports/merge.json").read_text())["exact_duplicates_removed"] == 1
@@ -94,8 +97,11 @@ def test_missing_model_folder_is_a_clear_error(in_tmp, capsys):
 
 
 def _placements(root):
-    return {row["id"]: (name, row["messages"][1]["content"]) for name in ("train", "val", "test")
-            for row in read_jsonl(root / f"data/processed/{name}.jsonl")}
+    return {
+        row["id"]: (name, row["messages"][1]["content"])
+        for name in ("train", "val", "test")
+        for row in read_jsonl(root / f"data/processed/{name}.jsonl")
+    }
 
 
 def test_editing_one_raw_row_moves_only_that_row(in_tmp):
@@ -132,11 +138,14 @@ def test_editing_one_raw_row_moves_only_that_row(in_tmp):
     assert all(after[row_id] == place for row_id, place in before.items() if row_id != old_id)
 
 
-@pytest.mark.parametrize("stage, missing, previous", [
-    ("filter", "data/interim/extracted.parquet", "extract"),
-    ("merge", "data/interim/filtered.parquet", "filter"),
-    ("split", "data/interim/merged.jsonl", "merge"),
-])
+@pytest.mark.parametrize(
+    "stage, missing, previous",
+    [
+        ("filter", "data/interim/extracted.parquet", "extract"),
+        ("merge", "data/interim/filtered.parquet", "filter"),
+        ("split", "data/interim/merged.jsonl", "merge"),
+    ],
+)
 def test_a_stage_run_before_its_input_exists_says_which_stage_to_run(in_tmp, capsys, stage, missing, previous):
     setup_workspace(in_tmp)
     assert main([stage]) == 1
@@ -169,8 +178,11 @@ def test_the_next_run_removes_what_a_killed_run_left_and_outputs_are_readable(in
     interim = in_tmp / "data/interim"
     interim.mkdir(parents=True)
     dead = 4_194_399  # above Linux's largest pid: no such process
-    stale = [interim / f".extracted.parquet.{dead}.k1ll3d00.tmp", interim / ".extracted.parquet.0ldst7le.tmp",
-             interim / f".extract_report.json.{dead}.abcdefgh.tmp"]
+    stale = [
+        interim / f".extracted.parquet.{dead}.k1ll3d00.tmp",
+        interim / ".extracted.parquet.0ldst7le.tmp",
+        interim / f".extract_report.json.{dead}.abcdefgh.tmp",
+    ]
     live = interim / f".extracted.parquet.{os.getpid()}.st1llgo1.tmp"
     other = interim / f".extracted.parquet.bak.{dead}.abcdefgh.tmp"  # another file's temp: not ours to judge
     for path in [*stale, live, other]:
@@ -192,8 +204,7 @@ def test_the_next_run_removes_what_a_killed_run_left_and_outputs_are_readable(in
 def test_a_failed_write_leaves_no_temp_file(in_tmp):
     from mna_tune.workspace import atomic_open
 
-    with pytest.raises(RuntimeError):
-        with atomic_open(in_tmp / "out/x.json") as out:
-            out.write("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_open(in_tmp / "out/x.json") as out:
+        out.write("half")
+        raise RuntimeError("killed")
     assert list((in_tmp / "out").iterdir()) == []

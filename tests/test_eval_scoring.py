@@ -2,8 +2,8 @@ import re
 
 import pytest
 
-from mna_tune.evaluation.scoring import ModelRun, compare, score_rows, summarise
 from mna_tune.evaluation.korean_metrics import domain_term_hits, exact_match, length_ratio, think_leak
+from mna_tune.evaluation.scoring import ModelRun, compare, score_rows, summarise
 
 TERMS = re.compile("주주총회|합병|이사회")
 
@@ -34,8 +34,10 @@ def test_summary_matches_hand_computed_values():
 def test_compare_gives_groups_and_deltas():
     rows = [{"source": "mna", "category": "M&A"}, {"source": "aihub", "category": "사회"}]
     references = ["합병입니다", "이사회입니다"]
-    runs = {"adapter": ModelRun([(1.0, 1), (1.0, 1)], ["합병입니다", "이사회입니다"], 4, 2.0),
-            "base": ModelRun([(3.0, 1), (3.0, 1)], ["인수입니다", "이사회입니다"], 4, 1.0)}
+    runs = {
+        "adapter": ModelRun([(1.0, 1), (1.0, 1)], ["합병입니다", "이사회입니다"], 4, 2.0),
+        "base": ModelRun([(3.0, 1), (3.0, 1)], ["인수입니다", "이사회입니다"], 4, 1.0),
+    }
     predictions = {name: run.raw for name, run in runs.items()}
     scores = {name: score_rows(predictions[name], runs[name].raw, references, TERMS) for name in runs}
     overall, groups = compare(rows, runs, scores, predictions, references)
@@ -84,12 +86,20 @@ def test_consistency_is_the_mean_pairwise_rouge_l_of_the_samples():
     assert scores[1]["consistency_rougeL"] == 1.0
     summary = summarise([(1.0, 1)] * 2, scores, predictions, references)
     assert summary["consistency_rougeL"] == pytest.approx(((2 * five_sixths + 1) / 3 + 1) / 2, abs=1e-6)
-    assert "consistency_rougeL" not in summarise([(1.0, 1)] * 2, score_rows(predictions, predictions, references,
-                                                                            TERMS), predictions, references)
+    assert "consistency_rougeL" not in summarise(
+        [(1.0, 1)] * 2, score_rows(predictions, predictions, references, TERMS), predictions, references
+    )
 
 
-@pytest.mark.parametrize("raw, reason", [("", "stopped at once"), ("\n\n", "only whitespace"),
-                                         ("<think>\n음\n</think>\n\n", "only a think block"), ("답", None)])
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        ("", "stopped at once"),
+        ("\n\n", "only whitespace"),
+        ("<think>\n음\n</think>\n\n", "only a think block"),
+        ("답", None),
+    ],
+)
 def test_empty_answers_have_a_reason(raw, reason):
     from mna_tune.evaluation.scoring import empty_reason
 

@@ -2,21 +2,33 @@ import json
 import zipfile
 
 import pytest
-
-from aihub_factory import (OTHER_DIR, SFT_DIR, SOURCE_DIR, other_doc, rm_record, standard_tree, write_json,
-                           zip_every_archive, zip_folder)
-from mna_tune.errors import InputError
-from mna_tune.data.extract import run_extract
-from mna_tune.params import ExtractPaths
-from mna_tune.data.columnar import read_rows
-from mna_tune.workspace import read_jsonl
-
 from conftest import REPO
+
+from aihub_factory import (
+    OTHER_DIR,
+    SFT_DIR,
+    SOURCE_DIR,
+    other_doc,
+    rm_record,
+    standard_tree,
+    write_json,
+    zip_every_archive,
+    zip_folder,
+)
+from mna_tune.data.columnar import read_rows
+from mna_tune.data.extract import run_extract
+from mna_tune.errors import InputError
+from mna_tune.params import ExtractPaths
+from mna_tune.workspace import read_jsonl
 
 
 def paths(tmp_path):
-    return ExtractPaths(rows=tmp_path / "out/rows.parquet", rejects=tmp_path / "out/rejects.jsonl",
-                        report=tmp_path / "out/report.json", summary=tmp_path / "out/metrics.json")
+    return ExtractPaths(
+        rows=tmp_path / "out/rows.parquet",
+        rejects=tmp_path / "out/rejects.jsonl",
+        report=tmp_path / "out/report.json",
+        summary=tmp_path / "out/metrics.json",
+    )
 
 
 def extract(tmp_path, root, on_error="fail"):
@@ -54,8 +66,9 @@ def test_zipped_and_unzipped_sample_give_the_same_rows(tmp_path):
     zip_every_archive(tmp_path / "dl")
     _, zipped, _, _ = extract(tmp_path, tmp_path / "dl")
     assert len(unzipped) >= 300
-    assert [(r["question"], r["answer"], r["category"]) for r in zipped] == \
-        [(r["question"], r["answer"], r["category"]) for r in unzipped]
+    assert [(r["question"], r["answer"], r["category"]) for r in zipped] == [
+        (r["question"], r["answer"], r["category"]) for r in unzipped
+    ]
     assert all(r["entry"].startswith("/") for r in zipped)
 
 
@@ -92,6 +105,7 @@ def test_junk_files_are_listed_not_read(tmp_path):
 
 
 # ---- bad input: `fail` names file, entry and record; `skip` quarantines and counts ----
+
 
 def _non_json_entry(root):
     standard_tree(root)
@@ -134,7 +148,7 @@ def test_damaged_entry_inside_a_readable_zip(tmp_path):
     with zipfile.ZipFile(archive) as z:
         info = z.infolist()[0]
     start = info.header_offset + 30 + len(info.filename.encode()) + 5
-    data[start:start + 20] = bytes(20)  # corrupt the compressed bytes, keep the directory
+    data[start : start + 20] = bytes(20)  # corrupt the compressed bytes, keep the directory
     archive.write_bytes(bytes(data))
     with pytest.raises(InputError, match=r"Other/Other\.zip :: entry /OT-1\.json: cannot decompress"):
         extract(tmp_path, tmp_path / "dl")
@@ -149,14 +163,19 @@ def test_empty_archive(tmp_path):
     assert extract(tmp_path, tmp_path / "dl", on_error="skip")[0]["rejected"] == 1
 
 
-@pytest.mark.parametrize("payload, reason", [
-    ({"not": "a list"}, "expected a JSON array of documents, got object"),
-    ([{"data_category": {"middle": "사회"}}], "missing key 'contents'"),
-    ([{"data_category": {"middle": "사회"}, "contents": [{"QA": "질문"}]}], "'QA' is string, expected array"),
-    ([{"data_category": {"middle": "사회"}, "contents": [{"QA": [{"question": 3, "answer": "답"}]}]}],
-     "'question' is int, expected string"),
-    ([{"contents": []}], "missing key 'data_category.middle'"),
-])
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        ({"not": "a list"}, "expected a JSON array of documents, got object"),
+        ([{"data_category": {"middle": "사회"}}], "missing key 'contents'"),
+        ([{"data_category": {"middle": "사회"}, "contents": [{"QA": "질문"}]}], "'QA' is string, expected array"),
+        (
+            [{"data_category": {"middle": "사회"}, "contents": [{"QA": [{"question": 3, "answer": "답"}]}]}],
+            "'question' is int, expected string",
+        ),
+        ([{"contents": []}], "missing key 'data_category.middle'"),
+    ],
+)
 def test_wrong_shapes_in_other_entries(tmp_path, payload, reason):
     standard_tree(tmp_path / "dl")
     write_json(tmp_path / "dl" / OTHER_DIR / "bad.json", payload)
@@ -170,9 +189,12 @@ def test_wrong_shapes_in_other_entries(tmp_path, payload, reason):
 def test_bad_record_names_its_index_and_keeps_the_rest_of_the_entry(tmp_path):
     standard_tree(tmp_path / "dl")
     good = ("좋은 질문입니다?", "좋은 답입니다.")
-    write_json(tmp_path / "dl" / OTHER_DIR / "mixed.json", [
-        other_doc("사회", [good, ("질문만 있습니다", None)]),
-    ])
+    write_json(
+        tmp_path / "dl" / OTHER_DIR / "mixed.json",
+        [
+            other_doc("사회", [good, ("질문만 있습니다", None)]),
+        ],
+    )
     doc = json.loads((tmp_path / "dl" / OTHER_DIR / "mixed.json").read_text(encoding="utf-8"))
     del doc[0]["contents"][0]["QA"][1]["answer"]
     write_json(tmp_path / "dl" / OTHER_DIR / "mixed.json", doc)
@@ -183,10 +205,13 @@ def test_bad_record_names_its_index_and_keeps_the_rest_of_the_entry(tmp_path):
     assert rejects[0]["raw"] == {"question": "질문만 있습니다"}
 
 
-@pytest.mark.parametrize("rankings, reason", [
-    ([2, 3], "no answer has ranking 1"),
-    ([1, 1], "2 answers have ranking 1 (answer01, answer02)"),
-])
+@pytest.mark.parametrize(
+    "rankings, reason",
+    [
+        ([2, 3], "no answer has ranking 1"),
+        ([1, 1], "2 answers have ranking 1 (answer01, answer02)"),
+    ],
+)
 def test_ranking_record_needs_exactly_one_rank_one_answer(tmp_path, rankings, reason):
     standard_tree(tmp_path / "dl")
     record = rm_record("사회", "합병 절차는?", [("답 하나", rankings[0]), ("답 둘", rankings[1])])
@@ -244,16 +269,22 @@ def test_the_columnar_fast_path_gives_exactly_the_rows_of_the_checked_path():
     from mna_tune.data.columnar import EXTRACTED
 
     unit = Unit("Other/Other.zip", "/OT-1.json", PurePosixPath("Other/Other/OT-1.json"), "other", "Other", "unused")
-    docs = [other_doc("사회", [("합병이란?", "합치는 것"), ("분할이란?", "나누는 것")], [("실사란?", "조사")]),
-            {**other_doc("인문", [("질문", "답")]), "data_id": "doc-7"}]
+    docs = [
+        other_doc("사회", [("합병이란?", "합치는 것"), ("분할이란?", "나누는 것")], [("실사란?", "조사")]),
+        {**other_doc("인문", [("질문", "답")]), "data_id": "doc-7"},
+    ]
     docs[0]["contents"].append({"text": "QA 없는 본문"})
     fast_stats, slow_stats = {}, {}
     columns = other_columns(unit, docs, fast_stats)
     rows = list(other_rows(unit, docs, slow_stats))
     assert columns == {name: [row[name] for row in rows] for name in EXTRACTED.names}
     assert fast_stats == slow_stats == {"contents_items_without_qa": 1}
-    for broken in ({"contents": []}, [{"data_category": {"middle": 3}, "contents": []}],
-                   [other_doc("사회", [("질문", None)])], [{**other_doc("사회"), "contents": {"QA": []}}]):
+    for broken in (
+        {"contents": []},
+        [{"data_category": {"middle": 3}, "contents": []}],
+        [other_doc("사회", [("질문", None)])],
+        [{**other_doc("사회"), "contents": {"QA": []}}],
+    ):
         assert other_columns(unit, broken if isinstance(broken, list) else broken, {}) is None
 
 
@@ -265,17 +296,24 @@ def test_same_named_entries_of_an_appended_archive_are_all_read(tmp_path):
     standard_tree(tmp_path / "dl")
     zip_every_archive(tmp_path / "dl")
     archive = tmp_path / "dl" / OTHER_DIR.rsplit("/", 1)[0] / "Other.zip"
-    later = [other_doc("사회", [("영업양도란?", "영업을 통째로 넘기는 것입니다.")]),
-             other_doc("사회", [("실사란?", "회사를 조사하는 것입니다."), ("PMI란?", "인수 후 통합입니다.")])]
+    later = [
+        other_doc("사회", [("영업양도란?", "영업을 통째로 넘기는 것입니다.")]),
+        other_doc("사회", [("실사란?", "회사를 조사하는 것입니다."), ("PMI란?", "인수 후 통합입니다.")]),
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zipfile warns "Duplicate name"
         with zipfile.ZipFile(archive, "a") as out:
             out.writestr("/OT-1.json", json.dumps(later, ensure_ascii=False))
     metrics, rows, _, report = extract(tmp_path, tmp_path / "dl")
     other = [(r["entry"], r["question"]) for r in rows if r["kind"] == "other"]
-    assert other == [("/OT-1.json [1 of 2]", "합병이란 무엇인가요?"), ("/OT-1.json [1 of 2]", "공개매수란?"),
-                     ("/OT-1.json [1 of 2]", "축구 경기는 몇 명이 하나요?"), ("/OT-1.json [2 of 2]", "영업양도란?"),
-                     ("/OT-1.json [2 of 2]", "실사란?"), ("/OT-1.json [2 of 2]", "PMI란?")]
+    assert other == [
+        ("/OT-1.json [1 of 2]", "합병이란 무엇인가요?"),
+        ("/OT-1.json [1 of 2]", "공개매수란?"),
+        ("/OT-1.json [1 of 2]", "축구 경기는 몇 명이 하나요?"),
+        ("/OT-1.json [2 of 2]", "영업양도란?"),
+        ("/OT-1.json [2 of 2]", "실사란?"),
+        ("/OT-1.json [2 of 2]", "PMI란?"),
+    ]
     assert metrics["rows"] == 11 and metrics["rows_by_kind"]["other"] == 6
     units = {u["unit"]: u["rows"] for u in report["qa_units"] if u["kind"] == "other"}
     assert units == {"Other/Other.zip :: /OT-1.json [1 of 2]": 3, "Other/Other.zip :: /OT-1.json [2 of 2]": 3}

@@ -2,11 +2,10 @@
 
 import pytest
 
+from helpers import repo_params
 from mna_tune.params import GateParams
 from mna_tune.registry.promotion import apply_gate, decide, promote, rollback
 from mna_tune.registry.registry import CANDIDATE, CHAMPION
-
-from helpers import repo_params
 
 BASE = {"rougeL_f1": 0.20, "eval_loss": 2.0, "korean_only_share": 0.95}
 
@@ -77,16 +76,20 @@ def test_gate_pass_moves_champion_and_fail_leaves_it(registry):
     assert champion(registry) == v1
 
     v2 = registry.register_for_test(0.305)  # +0.005 < 0.01 over the champion on the same split
-    decision = apply_gate(registry, v2, {"rougeL_f1": 0.305, "korean_only_share": 1.0}, BASE, rule,
-                          (v1, {"rougeL_f1": 0.30}), "split a")
+    decision = apply_gate(
+        registry, v2, {"rougeL_f1": 0.305, "korean_only_share": 1.0}, BASE, rule, (v1, {"rougeL_f1": 0.30}), "split a"
+    )
     assert not decision.passed and champion(registry) == v1
     assert str(registry.alias_version(CANDIDATE).version) == v2
     tags = registry.version(v2).tags
-    assert tags["gate.passed"] == "false" and f"champion v{v1}" in tags["gate.reason"] and "split a" in tags["gate.reason"]
+    assert (
+        tags["gate.passed"] == "false" and f"champion v{v1}" in tags["gate.reason"] and "split a" in tags["gate.reason"]
+    )
 
     v3 = registry.register_for_test(0.35)
-    assert apply_gate(registry, v3, {"rougeL_f1": 0.35, "korean_only_share": 1.0}, BASE, rule,
-                      (v1, {"rougeL_f1": 0.30}), "split a").passed
+    assert apply_gate(
+        registry, v3, {"rougeL_f1": 0.35, "korean_only_share": 1.0}, BASE, rule, (v1, {"rougeL_f1": 0.30}), "split a"
+    ).passed
     assert champion(registry) == v3 and registry.version(v3).tags["gate.decision"].startswith("passed by gate at")
 
 

@@ -5,6 +5,7 @@ policy the test picks (prefer the adapter, always prefer position A, ...)."""
 import json
 
 import pytest
+
 from helpers import (
     REPO,
     FakeJudge,
@@ -13,7 +14,6 @@ from helpers import (
     serve_chat,
     with_section,
 )
-
 from mna_tune.evaluation import judge as judge_module
 from mna_tune.evaluation.judge import (
     CRITERIA,
@@ -36,6 +36,7 @@ RUBRIC_PROMPT = REPO / "prompts/judge_rubric.txt"
 
 # ---- the fake judge (helpers.FakeJudge) answers by a policy ----
 
+
 def always_a(kind, fields):
     if kind == "pairwise":
         return {"reason": "첫 번째 답변이 낫습니다.", "winner": "A"}
@@ -50,14 +51,22 @@ def server(monkeypatch):
 
 @pytest.fixture
 def environ(server):
-    return {"MNA_TUNE_JUDGE_BASE_URL": server.url + "/v1/", "MNA_TUNE_JUDGE_MODEL": "judge-test",
-            "MNA_TUNE_JUDGE_API_KEY": SECRET}
+    return {
+        "MNA_TUNE_JUDGE_BASE_URL": server.url + "/v1/",
+        "MNA_TUNE_JUDGE_MODEL": "judge-test",
+        "MNA_TUNE_JUDGE_API_KEY": SECRET,
+    }
 
 
 def judge_params(tmp_path, **judge):
     params = repo_params(paths={**load_params(REPO / "params.yaml").paths.model_dump(), "cache": tmp_path / "cache"})
-    values = {"enabled": True, "pairwise_prompt_path": PAIRWISE_PROMPT, "rubric_prompt_path": RUBRIC_PROMPT,
-              "concurrency": 4, **judge}
+    values = {
+        "enabled": True,
+        "pairwise_prompt_path": PAIRWISE_PROMPT,
+        "rubric_prompt_path": RUBRIC_PROMPT,
+        "concurrency": 4,
+        **judge,
+    }
     evaluate = params.evaluate.model_copy(update={"judge": params.evaluate.judge.model_copy(update=values)})
     return params.model_copy(update={"evaluate": evaluate})
 
@@ -69,17 +78,33 @@ def make_judge(tmp_path, environ, **judge) -> Judge:
 
 
 def rows(n: int) -> list[dict]:
-    return [{"id": f"r{i}", "question": f"질문 {i}", "reference": f"참고 {i}", "base": f"기본 답변 {i}",
-             "adapter": f"어댑터 답변 {i}"} for i in range(n)]
+    return [
+        {
+            "id": f"r{i}",
+            "question": f"질문 {i}",
+            "reference": f"참고 {i}",
+            "base": f"기본 답변 {i}",
+            "adapter": f"어댑터 답변 {i}",
+        }
+        for i in range(n)
+    ]
 
 
 # ---- how verdicts combine (pure) ----
 
-@pytest.mark.parametrize("first, second, verdict, flip", [
-    ("win", "win", "win", False), ("loss", "loss", "loss", False), ("tie", "tie", "tie", False),
-    ("win", "loss", "tie", True), ("loss", "win", "tie", True),  # the same position preferred twice
-    ("win", "tie", "tie", False), ("tie", "loss", "tie", False),  # disagreement, not a flip
-])
+
+@pytest.mark.parametrize(
+    "first, second, verdict, flip",
+    [
+        ("win", "win", "win", False),
+        ("loss", "loss", "loss", False),
+        ("tie", "tie", "tie", False),
+        ("win", "loss", "tie", True),
+        ("loss", "win", "tie", True),  # the same position preferred twice
+        ("win", "tie", "tie", False),
+        ("tie", "loss", "tie", False),  # disagreement, not a flip
+    ],
+)
 def test_two_orders_combine_as_documented(first, second, verdict, flip):
     assert combine(first, second) == (verdict, flip)
 
@@ -91,28 +116,51 @@ def test_the_adapter_outcome_follows_its_position():
 
 def test_replies_are_read_by_their_schema():
     assert PairwiseVerdict.model_validate_json('{"reason": "r", "winner": "A"}').winner == "A"
-    for bad in ('{"reason": "r", "winner": "C"}', '{"winner": "A"}', '{"reason": "r", "winner": "A", "x": 1}',
-                '```json\n{"reason": "r", "winner": "A"}\n```'):
+    for bad in (
+        '{"reason": "r", "winner": "C"}',
+        '{"winner": "A"}',
+        '{"reason": "r", "winner": "A", "x": 1}',
+        '```json\n{"reason": "r", "winner": "A"}\n```',
+    ):
         with pytest.raises(ValueError):
             PairwiseVerdict.model_validate_json(bad)
     with pytest.raises(ValueError):
-        RubricScores.model_validate_json('{"reason": "r", "accuracy": 6, "korean": 1, "terminology": 1, '
-                                         '"completeness": 1}')
+        RubricScores.model_validate_json(
+            '{"reason": "r", "accuracy": 6, "korean": 1, "terminology": 1, "completeness": 1}'
+        )
 
 
 # ---- against the server ----
+
 
 def test_a_judge_that_prefers_the_adapter_gives_wins_and_rubric_means(tmp_path, server, environ):
     judged = make_judge(tmp_path, environ).judge_rows(rows(3))
     assert [row["pairwise"]["verdict"] for row in judged] == ["win"] * 3
     assert all(row["pairwise"]["orders"] == ["win", "win"] and not row["pairwise"]["position_flip"] for row in judged)
     summary = summarise(judged)
-    assert summary["pairwise"] == {"win_rate": 1.0, "tie_rate": 0.0, "loss_rate": 0.0, "rows": 3, "identical_rows": 0,
-                                   "position_bias": 0.0, "order_disagreement": 0.0}
-    assert summary["rubric"]["adapter"] == {"accuracy": 4.0, "korean": 5.0, "terminology": 3.0, "completeness": 4.0,
-                                            "mean": 4.0}
-    assert summary["rubric"]["base"] == {"accuracy": 2.0, "korean": 3.0, "terminology": 1.0, "completeness": 2.0,
-                                         "mean": 2.0}
+    assert summary["pairwise"] == {
+        "win_rate": 1.0,
+        "tie_rate": 0.0,
+        "loss_rate": 0.0,
+        "rows": 3,
+        "identical_rows": 0,
+        "position_bias": 0.0,
+        "order_disagreement": 0.0,
+    }
+    assert summary["rubric"]["adapter"] == {
+        "accuracy": 4.0,
+        "korean": 5.0,
+        "terminology": 3.0,
+        "completeness": 4.0,
+        "mean": 4.0,
+    }
+    assert summary["rubric"]["base"] == {
+        "accuracy": 2.0,
+        "korean": 3.0,
+        "terminology": 1.0,
+        "completeness": 2.0,
+        "mean": 2.0,
+    }
     assert judged[0]["rubric"]["adapter"]["reason"] == "좋은 답변"
     # two pairwise orders and two rubric questions per row
     assert len(server.requests) == 12
@@ -131,6 +179,7 @@ def test_a_judge_that_always_prefers_position_a_is_position_bias_not_a_win(tmp_p
 def test_rates_over_mixed_rows(tmp_path, server, environ):
     """r0 adapter wins both orders, r1 base wins both, r2 position A twice (a flip), r3 the
     adapter wins once and ties once (a disagreement, not a flip)."""
+
     def scripted(kind, fields):
         if kind == "rubric":
             return prefer_adapter(kind, fields)
@@ -145,8 +194,15 @@ def test_rates_over_mixed_rows(tmp_path, server, environ):
     assert [row["pairwise"]["verdict"] for row in judged] == ["win", "loss", "tie", "tie"]
     assert [row["pairwise"]["position_flip"] for row in judged] == [False, False, True, False]
     assert judged[3]["pairwise"]["orders"] == ["win", "tie"]
-    assert summarise(judged)["pairwise"] == {"win_rate": 0.25, "tie_rate": 0.5, "loss_rate": 0.25, "rows": 4,
-                                             "identical_rows": 0, "position_bias": 0.25, "order_disagreement": 0.5}
+    assert summarise(judged)["pairwise"] == {
+        "win_rate": 0.25,
+        "tie_rate": 0.5,
+        "loss_rate": 0.25,
+        "rows": 4,
+        "identical_rows": 0,
+        "position_bias": 0.25,
+        "order_disagreement": 0.5,
+    }
 
 
 def test_identical_and_empty_answers_need_no_request(tmp_path, server, environ):
@@ -205,16 +261,21 @@ def test_a_failing_endpoint_is_one_line_without_the_key(tmp_path, server, enviro
         make_judge(tmp_path, environ, concurrency=1).judge_rows(rows(1))
     message = str(failure.value)
     assert "\n" not in message and SECRET not in message and "***" in message
-    assert message.startswith(f"LLM judge, test row r0, pairwise (A = base): no usable verdict from {server.url}/v1 "
-                              "after 4 attempts")
+    assert message.startswith(
+        f"LLM judge, test row r0, pairwise (A = base): no usable verdict from {server.url}/v1 after 4 attempts"
+    )
     assert "HTTP 500" in message
 
 
 def test_a_reply_off_the_schema_is_retried_then_named(tmp_path, server, environ):
-    server.policy = lambda kind, fields: '{"reason": "?", "winner": "C"}' if kind == "pairwise" else \
-        prefer_adapter(kind, fields)
-    with pytest.raises(JudgeError, match=r"does not match the pairwise schema \(winner: Input should be 'A', 'B' "
-                                         r"or 'tie'\)"):
+    server.policy = lambda kind, fields: (
+        '{"reason": "?", "winner": "C"}' if kind == "pairwise" else prefer_adapter(kind, fields)
+    )
+    with pytest.raises(
+        JudgeError,
+        match=r"does not match the pairwise schema \(winner: Input should be 'A', 'B' "
+        r"or 'tie'\)",
+    ):
         make_judge(tmp_path, environ, concurrency=1).judge_rows(rows(1))
 
 
@@ -245,17 +306,23 @@ def test_an_unreachable_endpoint_fails_in_one_line(tmp_path, server, environ):
 
 # ---- configuration ----
 
+
 def test_disabled_judge_is_none_and_needs_no_environment(tmp_path):
     assert Judge.from_params(judge_params(tmp_path, enabled=False), {}) is None
 
 
 def test_the_environment_picks_one_family(tmp_path, server):
-    llm = {"MNA_TUNE_LLM_BASE_URL": server.url + "/v1", "MNA_TUNE_LLM_MODEL": "scorer-model",
-           "MNA_TUNE_LLM_API_KEY": "llm-key"}
+    llm = {
+        "MNA_TUNE_LLM_BASE_URL": server.url + "/v1",
+        "MNA_TUNE_LLM_MODEL": "scorer-model",
+        "MNA_TUNE_LLM_API_KEY": "llm-key",
+    }
     fallback = Judge.from_params(judge_params(tmp_path), llm)
     assert (fallback.client.endpoint.model, fallback.client.endpoint.api_key) == ("scorer-model", "llm-key")
-    own = Judge.from_params(judge_params(tmp_path), {**llm, "MNA_TUNE_JUDGE_BASE_URL": "http://127.0.0.1:1/v1",
-                                                     "MNA_TUNE_JUDGE_MODEL": "judge-model"})
+    own = Judge.from_params(
+        judge_params(tmp_path),
+        {**llm, "MNA_TUNE_JUDGE_BASE_URL": "http://127.0.0.1:1/v1", "MNA_TUNE_JUDGE_MODEL": "judge-model"},
+    )
     # the scorer's key never goes to the judge's own endpoint
     assert (own.client.endpoint.model, own.client.endpoint.api_key) == ("judge-model", None)
     assert SECRET not in repr(own) and "llm-key" not in repr(fallback)
@@ -264,8 +331,10 @@ def test_the_environment_picks_one_family(tmp_path, server):
     with pytest.raises(JudgeConfigError, match="MNA_TUNE_JUDGE_MODEL is not"):
         Judge.from_params(judge_params(tmp_path), {"MNA_TUNE_JUDGE_BASE_URL": "http://127.0.0.1:1/v1"})
     with pytest.raises(JudgeConfigError, match="not a valid URL") as bad:
-        Judge.from_params(judge_params(tmp_path), {"MNA_TUNE_JUDGE_BASE_URL": "http://u:secretpw@[::1/v1",
-                                                   "MNA_TUNE_JUDGE_MODEL": "m"})
+        Judge.from_params(
+            judge_params(tmp_path),
+            {"MNA_TUNE_JUDGE_BASE_URL": "http://u:secretpw@[::1/v1", "MNA_TUNE_JUDGE_MODEL": "m"},
+        )
     assert "secretpw" not in str(bad.value)
 
 
@@ -301,9 +370,10 @@ def test_the_gate_takes_judge_figures_higher_is_better(metric):
 
 # ---- the evaluate stage with the judge ----
 
+
+@pytest.mark.slow
 def test_evaluate_with_the_judge_writes_its_figures_and_one_trace_per_row(workspace, server, environ, monkeypatch):
     from helpers import tiny_params
-
     from mna_tune.evaluation.evaluate import run_evaluate
     from mna_tune.registry.traces import run_traces
     from mna_tune.training.train import run_train
@@ -313,17 +383,32 @@ def test_evaluate_with_the_judge_writes_its_figures_and_one_trace_per_row(worksp
     monkeypatch.setattr(judge_module, "BACKOFF_S", 0.001)
     params = tiny_params()
     # repetition_penalty: the tiny random model writes only newlines otherwise (empty answers need no judge)
-    params = with_section(params, "evaluate", repetition_penalty=3.0, consistency=params.evaluate.consistency.model_copy(update={"samples": 2}),
-                          judge=params.evaluate.judge.model_copy(update={"enabled": True, "pairwise_prompt_path":
-                                                                         PAIRWISE_PROMPT, "rubric_prompt_path":
-                                                                         RUBRIC_PROMPT}))
+    params = with_section(
+        params,
+        "evaluate",
+        repetition_penalty=3.0,
+        consistency=params.evaluate.consistency.model_copy(update={"samples": 2}),
+        judge=params.evaluate.judge.model_copy(
+            update={"enabled": True, "pairwise_prompt_path": PAIRWISE_PROMPT, "rubric_prompt_path": RUBRIC_PROMPT}
+        ),
+    )
     run_train(params)
 
     # the endpoint fails: one clear error, and evaluate has written nothing
     server.script = [(503, "down")] * 200
-    outputs = [workspace / path for path in ("metrics/eval.json", "reports/eval.json", "reports/eval.md",
-                                             "reports/predictions.jsonl", "plots/eval_scores.csv")]
-    with pytest.raises(JudgeError, match=r"^LLM judge, test row .*: no usable verdict from http://127\.0\.0\.1:\d+/v1 after 4"):
+    outputs = [
+        workspace / path
+        for path in (
+            "metrics/eval.json",
+            "reports/eval.json",
+            "reports/eval.md",
+            "reports/predictions.jsonl",
+            "plots/eval_scores.csv",
+        )
+    ]
+    with pytest.raises(
+        JudgeError, match=r"^LLM judge, test row .*: no usable verdict from http://127\.0\.0\.1:\d+/v1 after 4"
+    ):
         run_evaluate(params)
     assert not any(path.exists() for path in outputs)
 
@@ -332,8 +417,13 @@ def test_evaluate_with_the_judge_writes_its_figures_and_one_trace_per_row(worksp
 
     def longer(kind, fields):
         if kind == "rubric":
-            return {"reason": "길이로 채점", "accuracy": 1 + len(fields["answer"]) % 5, "korean": 2, "terminology": 1,
-                    "completeness": 3}
+            return {
+                "reason": "길이로 채점",
+                "accuracy": 1 + len(fields["answer"]) % 5,
+                "korean": 2,
+                "terminology": 1,
+                "completeness": 3,
+            }
         a, b = len(fields["a"]), len(fields["b"])
         return {"reason": "더 긴 답변", "winner": "A" if a > b else "B" if b > a else "tie"}
 
@@ -343,8 +433,9 @@ def test_evaluate_with_the_judge_writes_its_figures_and_one_trace_per_row(worksp
     assert len(predictions) == 2
     verdicts = [p["judge_verdict"] for p in predictions]
     for p in predictions:
-        expected = "tie" if len(p["adapter"]) == len(p["base"]) else "win" if len(p["adapter"]) > len(p["base"]) \
-            else "loss"
+        expected = (
+            "tie" if len(p["adapter"]) == len(p["base"]) else "win" if len(p["adapter"]) > len(p["base"]) else "loss"
+        )
         assert p["judge_verdict"] == expected and p["judge_position_flip"] is False
         assert set(p["adapter_rubric"]) == {*CRITERIA, "reason"}
         assert 0 <= p["adapter_consistency_rougeL"] <= 1  # two sampled answers: one pair
@@ -359,9 +450,11 @@ def test_evaluate_with_the_judge_writes_its_figures_and_one_trace_per_row(worksp
     for name in ("adapter", "base"):
         rubric = [p[f"{name}_rubric"] for p in predictions]
         assert details["overall"][name]["judge_rubric_accuracy"] == pytest.approx(
-            sum(r["accuracy"] for r in rubric) / 2)
+            sum(r["accuracy"] for r in rubric) / 2
+        )
         assert details["overall"][name]["judge_rubric_mean"] == pytest.approx(
-            sum(r[c] for r in rubric for c in CRITERIA) / 8)
+            sum(r[c] for r in rubric for c in CRITERIA) / 8
+        )
         assert "consistency_rougeL" in details["overall"][name]
     report = (workspace / "reports/eval.md").read_text()
     assert "## LLM judge" in report and "position-biased" in report
@@ -389,16 +482,17 @@ def test_evaluate_with_the_judge_writes_its_figures_and_one_trace_per_row(worksp
         assert {"korean_only/base", "empty_answer/adapter", "answer_loss/adapter"} <= set(assessments)
 
     sent = len(server.requests)  # everything judged is cached now: asking again sends nothing
-    again = Judge.from_params(params).judge_rows([{key: p[key] for key in ("id", "question", "reference", "base",
-                                                                            "adapter")} for p in predictions])
+    again = Judge.from_params(params).judge_rows(
+        [{key: p[key] for key in ("id", "question", "reference", "base", "adapter")} for p in predictions]
+    )
     assert len(server.requests) == sent and [row["pairwise"]["verdict"] for row in again] == verdicts
 
 
+@pytest.mark.slow
 def test_a_judge_gate_judges_a_champion_evaluated_without_the_judge(workspace, server, environ, monkeypatch):
     """The champion was evaluated with the judge off; a candidate gated on the judge's win
     rate is compared with the champion judged on the same rows, never with the base model."""
     from helpers import tiny_params
-
     from mna_tune.evaluation.evaluate import run_evaluate
     from mna_tune.registry.promotion import promote
     from mna_tune.registry.registry import Registry
@@ -413,11 +507,13 @@ def test_a_judge_gate_judges_a_champion_evaluated_without_the_judge(workspace, s
     registry = Registry(params.mlflow)
     promote(registry, "1", "accepted by hand for the test", "cli")
 
-    judged = params.evaluate.judge.model_copy(update={"enabled": True, "pairwise_prompt_path": PAIRWISE_PROMPT,
-                                                      "rubric_prompt_path": RUBRIC_PROMPT})
+    judged = params.evaluate.judge.model_copy(
+        update={"enabled": True, "pairwise_prompt_path": PAIRWISE_PROMPT, "rubric_prompt_path": RUBRIC_PROMPT}
+    )
     gate = params.evaluate.gate.model_copy(update={"metric": "judge_win_rate", "min_korean_only": 0.0})
-    candidate = with_section(tiny_params(learning_rate=0.05), "evaluate", repetition_penalty=3.0, judge=judged,
-                             gate=gate)
+    candidate = with_section(
+        tiny_params(learning_rate=0.05), "evaluate", repetition_penalty=3.0, judge=judged, gate=gate
+    )
     run_train(candidate)
     run_evaluate(candidate)
     reason = registry.version("2").tags["gate.reason"]

@@ -28,16 +28,19 @@ def test_chrf_bounds():
     assert chrf(["가나"], ["다라"]) == 0.0
 
 
-@pytest.mark.parametrize("text, korean_only", [
-    ("합병은 두 회사가 하나로 합쳐지는 것입니다.", True),
-    ("합병 사례가 较多 있습니다.", False),  # Chinese leaked in, as the original base model did
-    ("합병はです", False),  # Japanese kana
-    ("M&A는 합병입니다", False),  # letters: 6 Hangul of 8 -> 75 %
-    ("", False),
-    ("12345 !!", False),  # no letters at all
-    ("가" * 38 + "AB", True),  # exactly 95 % Hangul
-    ("가" * 37 + "ABC", False),  # 92.5 %
-])
+@pytest.mark.parametrize(
+    "text, korean_only",
+    [
+        ("합병은 두 회사가 하나로 합쳐지는 것입니다.", True),
+        ("합병 사례가 较多 있습니다.", False),  # Chinese leaked in, as the original base model did
+        ("합병はです", False),  # Japanese kana
+        ("M&A는 합병입니다", False),  # letters: 6 Hangul of 8 -> 75 %
+        ("", False),
+        ("12345 !!", False),  # no letters at all
+        ("가" * 38 + "AB", True),  # exactly 95 % Hangul
+        ("가" * 37 + "ABC", False),  # 92.5 %
+    ],
+)
 def test_korean_only(text, korean_only):
     assert is_korean_only(text) is korean_only
 

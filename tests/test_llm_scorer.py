@@ -11,8 +11,8 @@ import sys
 import time
 
 import pytest
-from helpers import REPO, FakeChatEndpoint, repo_params, serve_chat
 
+from helpers import REPO, FakeChatEndpoint, repo_params, serve_chat
 from mna_tune.data.llm_scorer import (
     ENV_API_KEY,
     ENV_BASE_URL,
@@ -70,8 +70,14 @@ def environ(server):
 def params_for(tmp_path, template=TEMPLATE, **overrides):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text(template, encoding="utf-8")
-    return repo_params(filter={"scorer": "llm", "llm_prompt_path": prompt,
-                               "llm_cache_path": tmp_path / "cache" / "llm.sqlite", **overrides}).filter
+    return repo_params(
+        filter={
+            "scorer": "llm",
+            "llm_prompt_path": prompt,
+            "llm_cache_path": tmp_path / "cache" / "llm.sqlite",
+            **overrides,
+        }
+    ).filter
 
 
 def scorer_for(tmp_path, environ, template=TEMPLATE, **overrides) -> LlmScorer:
@@ -103,19 +109,22 @@ def test_scores_and_reasons_are_parsed_in_input_order(tmp_path, server, environ)
     assert '"score": <0~100>' in body["messages"][-1]["content"]  # JSON braces survive rendering
 
 
-@pytest.mark.parametrize(("content", "expected"), [
-    ('{"score": 42, "reason": "x"}', (40, "x")),
-    ('{"score": 43, "reason": "x"}', (45, "x")),
-    ('{"score": 100.0, "reason": "x"}', (100, "x")),
-    ("prose {not json} then {\"score\": 5, \"reason\": \"y\"}", (5, "y")),
-    ('{"score": 101, "reason": "x"}', None),
-    ('{"score": -5, "reason": "x"}', None),
-    ('{"score": true, "reason": "x"}', None),
-    ('{"score": "높음", "reason": "x"}', None),
-    ('{"score": 50}', None),
-    ('<think>{"score": 50, "reason": "x"}', None),  # thinking cut off before any answer
-    ("점수는 50점입니다", None),
-])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{"score": 42, "reason": "x"}', (40, "x")),
+        ('{"score": 43, "reason": "x"}', (45, "x")),
+        ('{"score": 100.0, "reason": "x"}', (100, "x")),
+        ('prose {not json} then {"score": 5, "reason": "y"}', (5, "y")),
+        ('{"score": 101, "reason": "x"}', None),
+        ('{"score": -5, "reason": "x"}', None),
+        ('{"score": true, "reason": "x"}', None),
+        ('{"score": "높음", "reason": "x"}', None),
+        ('{"score": 50}', None),
+        ('<think>{"score": 50, "reason": "x"}', None),  # thinking cut off before any answer
+        ("점수는 50점입니다", None),
+    ],
+)
 def test_parse_reply(content, expected):
     assert parse_reply(content) == expected
 
@@ -134,8 +143,9 @@ def test_reruns_use_the_cache_and_only_new_rows_are_sent(tmp_path, server, envir
     assert question_of(server.requests[-1]) == "실사란?"
 
     rows = cached_rows(tmp_path / "cache" / "llm.sqlite")
-    assert [row[1:] for row in rows] == [(50, f"{q} 관련", "qwen3-test")
-                                         for q in sorted(["합병이란?", "김치는?", "공개매수란?", "실사란?"])]
+    assert [row[1:] for row in rows] == [
+        (50, f"{q} 관련", "qwen3-test") for q in sorted(["합병이란?", "김치는?", "공개매수란?", "실사란?"])
+    ]
 
 
 def test_identical_rows_in_one_batch_are_asked_once(tmp_path, server, environ):
@@ -278,8 +288,9 @@ def test_a_cache_that_is_not_a_sqlite_database_is_one_clear_error(tmp_path, serv
         cache.write_bytes(cache.read_bytes()[:5000])
     else:
         cache.parent.mkdir()
-        cache.write_text("hello\n" if damage == "text" else '{"key": "k", "score": 50, "reason": "x"}\n',
-                         encoding="utf-8")
+        cache.write_text(
+            "hello\n" if damage == "text" else '{"key": "k", "score": 50, "reason": "x"}\n', encoding="utf-8"
+        )
     sent = len(server.requests)
     with pytest.raises(InputError, match=r"llm\.sqlite: not a usable score cache .*delete the file to re-score"):
         scorer_for(tmp_path, environ).score_batch(ROWS)
@@ -291,8 +302,9 @@ def test_a_read_only_cache_is_one_clear_error(tmp_path, server, environ, monkeyp
     # Root may write anything, so the test opens the file read-only, as SQLite itself does
     # when the file or its folder is not writable.
     connect = sqlite3.connect
-    monkeypatch.setattr(sqlite3, "connect",
-                        lambda path, **options: connect(f"file:{path}?mode=ro", uri=True, **options))
+    monkeypatch.setattr(
+        sqlite3, "connect", lambda path, **options: connect(f"file:{path}?mode=ro", uri=True, **options)
+    )
     with pytest.raises(InputError, match=r"llm\.sqlite: cannot write the score cache \(attempt to write a readonly"):
         scorer_for(tmp_path, environ).score_batch(ROWS)
 
@@ -323,10 +335,17 @@ def test_two_processes_share_one_cache_file(tmp_path, server):
     server.delay_s = 0.005
     cache = tmp_path / "cache" / "llm.sqlite"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    children = [subprocess.Popen([sys.executable, "-c", CHILD, server.url + "/v1", str(cache), TEMPLATE, first, "300"],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True, env=env)
-                for first in ("0", "200")]  # rows 200-299 are in both: both write them
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, server.url + "/v1", str(cache), TEMPLATE, first, "300"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for first in ("0", "200")
+    ]  # rows 200-299 are in both: both write them
     for child in children:
         assert child.stdout.readline() == "ready\n", child.communicate()[1]
     for child in children:
@@ -375,13 +394,25 @@ def test_the_filter_stage_scores_with_the_llm_and_reruns_send_nothing(tmp_path, 
 
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
-    server.replies = {"합병이란?": '{"score": 90, "reason": "M&A 핵심 개념"}',
-                      "김치는?": '<think>\n음식 질문\n</think>\n{"score": 0, "reason": "무관"}'}
-    rows = [{"question": q, "answer": a, "category": "사회", "file": "Other/Other.zip", "entry": "/OT.json",
-             "record": f"[{i}]"} for i, (q, a) in enumerate(ROWS)]
+    server.replies = {
+        "합병이란?": '{"score": 90, "reason": "M&A 핵심 개념"}',
+        "김치는?": '<think>\n음식 질문\n</think>\n{"score": 0, "reason": "무관"}',
+    }
+    rows = [
+        {
+            "question": q,
+            "answer": a,
+            "category": "사회",
+            "file": "Other/Other.zip",
+            "entry": "/OT.json",
+            "record": f"[{i}]",
+        }
+        for i, (q, a) in enumerate(ROWS)
+    ]
     source = tmp_path / "extracted.jsonl"
-    paths = FilterPaths(kept=tmp_path / "kept.parquet", dropped=tmp_path / "dropped.parquet",
-                        summary=tmp_path / "filter.json")
+    paths = FilterPaths(
+        kept=tmp_path / "kept.parquet", dropped=tmp_path / "dropped.parquet", summary=tmp_path / "filter.json"
+    )
     write_jsonl(source, rows)
     params = params_for(tmp_path, min_score=30, exclude_categories=[])
     metrics = run_filter(params, source, paths)

@@ -11,8 +11,11 @@ from helpers import QA, chat_rows, tiny_params
 
 LONGER = [(q * 3, a * 4) for q, a in QA]  # rows of different lengths: padding, packs of mixed sizes
 # two micro-batches each (8 rows; packing fills 4 packs of up to 256 tokens)
-MODES = {"padded": {}, "padding-free": {"padding_free": True},
-         "packed": {"packing": True, "per_device_train_batch_size": 2}}
+MODES = {
+    "padded": {},
+    "padding-free": {"padding_free": True},
+    "packed": {"packing": True, "per_device_train_batch_size": 2},
+}
 
 
 def trainer_for(tmp_path, tokenizer, think_in_loss=False, **train):
@@ -22,8 +25,9 @@ def trainer_for(tmp_path, tokenizer, think_in_loss=False, **train):
 
     params = tiny_params(**{"per_device_train_batch_size": 4, **train})
     records = [training_pair(row["messages"], think_in_loss) for row in chat_rows(QA + LONGER)]
-    trainer = build_trainer(params, load_base_model(params.model), tokenizer, records, [], tmp_path / "out",
-                            max_length=256)
+    trainer = build_trainer(
+        params, load_base_model(params.model), tokenizer, records, [], tmp_path / "out", max_length=256
+    )
     trainer.model.eval()  # no dropout: the comparison is exact up to float rounding
     nonzero_lora_b(trainer.model)
     return trainer
@@ -49,8 +53,12 @@ def full_logits_loss(model, batch, num_items):
     """The loss as the model's own forward computes it: every position's logits, then the
     cross-entropy of the trained labels, summed and divided by the step's label count."""
     logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
-    return torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:],
-                                             ignore_index=-100, reduction="sum") / num_items
+    return (
+        torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:], ignore_index=-100, reduction="sum"
+        )
+        / num_items
+    )
 
 
 def lora_grads(model):
@@ -69,8 +77,12 @@ def step(trainer, batches, num_items, loss_fn):
 
 
 def kept_token_step(trainer, batches, num_items):
-    return step(trainer, batches, num_items,
-                lambda b: trainer.compute_loss(trainer.model, dict(b), num_items_in_batch=torch.tensor(num_items)))
+    return step(
+        trainer,
+        batches,
+        num_items,
+        lambda b: trainer.compute_loss(trainer.model, dict(b), num_items_in_batch=torch.tensor(num_items)),
+    )
 
 
 def full_logits_step(trainer, batches, num_items):
@@ -187,6 +199,7 @@ def test_positions_off_by_one_change_the_loss(tmp_path, qwen3_tokenizer, monkeyp
 
     original = loss_module.kept_positions
     for shift in (1, -1):
+
         def shifted(labels, shift_labels=None, shift=shift):
             mask, targets = original(labels, shift_labels)
             return torch.roll(mask, shift, dims=1), targets
@@ -231,8 +244,13 @@ def _ddp_worker(rank, world, port, batches, num_items, out):
     from mna_tune.training.loss import add_kept_token_head
 
     try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=120))
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=120),
+        )
         params = tiny_params()
         torch.manual_seed(0)
         model = get_peft_model(load_base_model(params.model), lora_config(params.lora, params.model)).eval()
@@ -251,6 +269,7 @@ def _ddp_worker(rank, world, port, batches, num_items, out):
     os._exit(0)
 
 
+@pytest.mark.slow
 def test_ddp_gradients_equal_one_process(tmp_path, qwen3_tokenizer):
     import time
 

@@ -1,9 +1,8 @@
 import pytest
 
+from helpers import tiny_params
 from mna_tune.modeling import TINY, load_base_model, resolve_base
 from mna_tune.qwen_tokenizer import QWEN3_VOCAB_SIZE, ModelSourceError, qwen_tiktoken_path
-
-from helpers import tiny_params
 
 
 def test_qwen3_tokenizer_is_built_offline_with_the_real_ids(qwen3_tokenizer):
@@ -68,8 +67,9 @@ def test_cuda_only_options_fail_clearly_before_any_work():
     with pytest.raises(ModelSourceError, match="model.quantization: 4bit needs a CUDA GPU"):
         check_device_support(model.model_copy(update={"base": "Qwen/Qwen3-8B", "quantization": "4bit"}))
     with pytest.raises(ModelSourceError, match="flash_attention_2 needs a CUDA GPU"):
-        check_device_support(model.model_copy(update={"base": "Qwen/Qwen3-8B",
-                                                      "attn_implementation": "flash_attention_2"}))
+        check_device_support(
+            model.model_copy(update={"base": "Qwen/Qwen3-8B", "attn_implementation": "flash_attention_2"})
+        )
     check_device_support(model)  # the defaults run anywhere
 
 
@@ -77,8 +77,8 @@ def test_train_stage_refuses_qlora_on_cpu_before_loading_anything(workspace, cap
     import torch
     import yaml
 
-    from mna_tune.cli import main
     from helpers import tiny_params
+    from mna_tune.cli import main
 
     if torch.cuda.is_available():
         pytest.skip("this check is about machines without CUDA")

@@ -6,11 +6,13 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from helpers import REPO, cli_env, tiny_params, write_params, write_splits
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_one_adapter(tmp_path):
     import mlflow
     from peft import PeftModel
@@ -20,8 +22,9 @@ def test_two_cpu_processes_train_one_adapter(tmp_path):
     write_splits(tmp_path)
     params = tiny_params(max_steps=2, num_processes=2, accelerate_config=REPO / "configs/accelerate/ddp.yaml")
     write_params(tmp_path, params)
-    done = subprocess.run(["mna-tune", "train"], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        ["mna-tune", "train"], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600
+    )
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
     assert "train: 2 processes" in log

@@ -18,8 +18,9 @@ def trainer_for(tmp_path, qwen3_tokenizer, **train):
 
     params = tiny_params(per_device_train_batch_size=8, **train)
     records = [training_pair(row["messages"]) for row in chat_rows(QA + LONGER)]
-    trainer = build_trainer(params, load_base_model(params.model), qwen3_tokenizer, records, [], tmp_path / "out",
-                            max_length=256)
+    trainer = build_trainer(
+        params, load_base_model(params.model), qwen3_tokenizer, records, [], tmp_path / "out", max_length=256
+    )
     trainer.model.eval()  # no dropout: the comparison is exact up to float rounding
     return trainer
 
@@ -30,8 +31,9 @@ def token_losses(model, batch) -> torch.Tensor:
     with torch.no_grad():
         logits = model(**inputs).logits.float()
     labels = batch["labels"][:, 1:]
-    losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=-100,
-                                               reduction="none")
+    losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), labels, ignore_index=-100, reduction="none"
+    )
     return losses[labels != -100]
 
 
@@ -79,8 +81,9 @@ def test_packed_batches_keep_rows_apart(tmp_path, qwen3_tokenizer, one_by_one, m
     assert count == expected_count and sorted(spans) == expected_spans  # the same answer tokens, no more
     assert total == pytest.approx(expected_total, rel=1e-4)
     with torch.no_grad():  # the loss training really computes (the kept-token head), as a sum
-        trained = sum(float(trainer.compute_loss(trainer.model, dict(b), num_items_in_batch=torch.tensor(1)))
-                      for b in batches)
+        trained = sum(
+            float(trainer.compute_loss(trainer.model, dict(b), num_items_in_batch=torch.tensor(1))) for b in batches
+        )
     assert trained == pytest.approx(expected_total, rel=1e-4)
 
     # The check can fail: let the rows of one batch attend to each other and the losses move.

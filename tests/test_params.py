@@ -4,9 +4,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from mna_tune.params import Params, ParamsError, load_params
-
 from helpers import REPO
+from mna_tune.params import Params, ParamsError, load_params
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 
@@ -56,19 +55,22 @@ def test_unknown_key_is_rejected_by_name(tmp_path):
         load_params(_write(tmp_path, _with("lora", "rank", 16)))
 
 
-@pytest.mark.parametrize(("section", "key", "value", "message"), [
-    ("train", "learning_rate", "fast", r"train\.learning_rate"),
-    ("train", "num_train_epochs", float("inf"), r"train\.num_train_epochs: .*finite"),
-    ("train", "learning_rate", float("nan"), r"train\.learning_rate"),
-    ("train", "lr_scheduler_type", "linaer", r"train\.lr_scheduler_type"),
-    ("lora", "target_modules", [], r"lora\.target_modules"),
-    ("mlflow", "registered_model", "  ", r"mlflow\.registered_model: .*must not be empty"),
-    ("model", "base", "", r"model\.base: .*must not be empty"),
-    ("extract", "on_error", "ignore", r"extract\.on_error"),
-    ("filter", "scorer", "column", "scores_path"),
-    ("split", "val_size", 0.5, "below 1"),
-    ("merge", "near_dup_threshold", 1.5, r"merge\.near_dup_threshold"),
-])
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("train", "learning_rate", "fast", r"train\.learning_rate"),
+        ("train", "num_train_epochs", float("inf"), r"train\.num_train_epochs: .*finite"),
+        ("train", "learning_rate", float("nan"), r"train\.learning_rate"),
+        ("train", "lr_scheduler_type", "linaer", r"train\.lr_scheduler_type"),
+        ("lora", "target_modules", [], r"lora\.target_modules"),
+        ("mlflow", "registered_model", "  ", r"mlflow\.registered_model: .*must not be empty"),
+        ("model", "base", "", r"model\.base: .*must not be empty"),
+        ("extract", "on_error", "ignore", r"extract\.on_error"),
+        ("filter", "scorer", "column", "scores_path"),
+        ("split", "val_size", 0.5, "below 1"),
+        ("merge", "near_dup_threshold", 1.5, r"merge\.near_dup_threshold"),
+    ],
+)
 def test_bad_values_name_the_key(tmp_path, section, key, value, message):
     raw = _with(section, key, value)
     if key == "val_size":

@@ -59,8 +59,9 @@ def test_the_page_is_what_the_installed_package_bundles():
     pytest.importorskip("vl_convert", reason="vl-convert-python (the test extra) bundles the page")
     from mna_tune.evaluation.plots_page import page
 
-    assert PAGE.read_text(encoding="utf-8") == page(), \
+    assert PAGE.read_text(encoding="utf-8") == page(), (
         "stale: run `python -m mna_tune.evaluation.plots_page` after changing vl-convert-python"
+    )
 
 
 def test_the_eval_plot_uses_the_side_by_side_template():
@@ -90,8 +91,9 @@ def plots_page(tmp_path_factory) -> Path:
     (root / "plots/eval_scores.csv").write_text(SCORES, encoding="utf-8")
     dvc = {"stages": {"evaluate": {"cmd": "true", "plots": [{"plots/eval_scores.csv": props}]}}}
     (root / "dvc.yaml").write_text(yaml.safe_dump(dvc), encoding="utf-8")
-    done = subprocess.run(["dvc", "plots", "show", "-o", "out"], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        ["dvc", "plots", "show", "-o", "out"], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     return root / "out/index.html"
 
@@ -110,8 +112,22 @@ def test_the_chart_renders_offline_in_chromium(plots_page, tmp_path):
     from PIL import Image
 
     shot = tmp_path / "plots.png"
-    subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9",
-                    "--host-resolver-rules=MAP * ~NOTFOUND", "--window-size=900,900", "--virtual-time-budget=5000",
-                    f"--screenshot={shot}", plots_page.as_uri()], capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [
+            "chromium",
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--proxy-server=127.0.0.1:9",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--window-size=900,900",
+            "--virtual-time-budget=5000",
+            f"--screenshot={shot}",
+            plots_page.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     pixels = {colour for _, colour in Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 24)}
     assert BASE_GREY in pixels and ADAPTER_BLUE in pixels

@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 
 from helpers import cli_env, tiny_params, write_params, write_splits
 
@@ -19,8 +20,14 @@ def prepare(root: Path, **train) -> Path:
 
 
 def train_command(root: Path):
-    return dict(args=["mna-tune", "train"], cwd=root, env=cli_env(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True)
+    return dict(
+        args=["mna-tune", "train"],
+        cwd=root,
+        env=cli_env(root),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def adapter_tensors(root: Path) -> dict:
@@ -29,6 +36,7 @@ def adapter_tensors(root: Path) -> dict:
     return load_file(str(root / "models/adapter/adapter_model.safetensors"))
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_the_same_adapter(tmp_path):
     """8 rows, batch 2: 4 steps an epoch, so checkpoint-6 sits mid-epoch (see README on
     checkpoints that fall exactly on an epoch boundary)."""
@@ -73,6 +81,7 @@ def test_changed_data_or_params_start_fresh(workspace):
     assert checkpoint_dir(params) != base
 
 
+@pytest.mark.slow
 def test_a_killed_run_replaced_by_other_params_ends_killed(tmp_path):
     """No MLflow run is left RUNNING: a train killed with SIGKILL, then a train with other
     params (which cannot resume it) marks the first run KILLED and drops its checkpoints."""
@@ -117,6 +126,7 @@ def test_a_failure_after_the_run_started_ends_it_failed(workspace, monkeypatch):
     assert not list(workspace.glob(".cache/checkpoints/*"))  # nothing to resume: nothing left behind
 
 
+@pytest.mark.slow
 def test_a_training_stopped_after_its_last_step_trains_again_with_its_losses(workspace):
     """The input guard stops a train whose inputs changed after the last step, when the
     Trainer has saved its final checkpoint: the next train must not "resume" to zero steps

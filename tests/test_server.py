@@ -24,10 +24,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from helpers import REPO, free_port, tiny_params, wait_until
 from mna_tune.chat import SYSTEM_PROMPT, build_messages, prompt_ids, render_prompt
 from mna_tune.serving.server import Limits, Reply, create_app, warn_if_exposed
-
-from helpers import REPO, free_port, tiny_params, wait_until
 
 EOS, IM_START = 151645, 151644
 QUESTION = "합병이란 무엇인가요?"
@@ -40,8 +39,8 @@ def save_adapter(folder: Path) -> None:
     import torch
     from peft import get_peft_model
 
+    from mna_tune.decoding import SERVING_CONFIG, serving_config
     from mna_tune.modeling import load_base_model, lora_config
-    from mna_tune.serving.pyfunc import SERVING_CONFIG, serving_config
 
     params = tiny_params()
     config = lora_config(params.lora, params.model)
@@ -54,7 +53,8 @@ def save_adapter(folder: Path) -> None:
 
 def load_chat_model(folder: Path):
     """The pyfunc model, loaded as MLflow would, with end-of-turn suppressed (answers never end by themselves)."""
-    from mna_tune.serving.pyfunc import SERVING_CONFIG, AdapterChatModel
+    from mna_tune.decoding import SERVING_CONFIG
+    from mna_tune.serving.pyfunc import AdapterChatModel
 
     chat = AdapterChatModel()
     artifacts = {"adapter": str(folder), "serving_config": str(folder / SERVING_CONFIG)}
@@ -120,8 +120,10 @@ REFUSED = [
     (ask_body(stop=5), "stop"),
     (ask_body(stream_options={"include_usage": True}), "stream_options"),
     (ask_body(chat_template_kwargs={"tools": []}), "chat_template_kwargs.tools"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
-     "messages[0].content[0]"),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        "messages[0].content[0]",
+    ),
     ({"messages": [{"role": "user", "content": "q", "name": "bob"}]}, "messages[0].name"),
     ({"messages": [{"role": "tool", "content": "q"}]}, "messages[0].role"),
     ({"max_tokens": 5}, "messages"),
@@ -135,10 +137,15 @@ def test_bad_requests_get_400_in_openai_shape_naming_the_field(client, body, par
 
 
 def test_other_errors_are_in_openai_shape_too(client):
-    assert error_of(client.post("/v1/chat/completions", content=b"{not json",
-                                headers={"Content-Type": "application/json"}), 400)["code"] == "invalid_json"
-    assert error_of(client.post("/v1/chat/completions", json=ask_body(model="gpt-4o")), 404)["code"] == \
-        "model_not_found"
+    assert (
+        error_of(
+            client.post("/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"}), 400
+        )["code"]
+        == "invalid_json"
+    )
+    assert (
+        error_of(client.post("/v1/chat/completions", json=ask_body(model="gpt-4o")), 404)["code"] == "model_not_found"
+    )
     error_of(client.get("/v1/nothing"), 404)
     error_of(client.get("/v1/chat/completions"), 405)
 
@@ -162,12 +169,15 @@ def test_prompts_longer_than_the_context_are_refused(client, chat_model):
 
 
 def test_neutral_values_of_unsupported_fields_are_accepted(client):
-    reply = client.post("/v1/chat/completions", json=ask_body(max_tokens=1, n=1, presence_penalty=0,
-                                                              frequency_penalty=0.0, logprobs=False, tools=None))
+    reply = client.post(
+        "/v1/chat/completions",
+        json=ask_body(max_tokens=1, n=1, presence_penalty=0, frequency_penalty=0.0, logprobs=False, tools=None),
+    )
     assert reply.status_code == 200, reply.text
 
 
 # ---------------------------------------------------------------- honoured fields
+
 
 def answer(client, **fields) -> dict:
     response = client.post("/v1/chat/completions", json=ask_body(**fields))
@@ -197,20 +207,28 @@ def test_greedy_default_temperature_top_p_and_seed(client):
 
 def test_stop_string_ends_the_answer_before_it(client):
     full = answer(client, max_tokens=12)["choices"][0]["message"]["content"]
-    stop = full[len(full) // 2:len(full) // 2 + 2]
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
     assert stop.strip(), full
     reply = answer(client, max_tokens=12, stop=[stop, "절대나오지않는말"])
-    assert reply["choices"][0]["message"]["content"] == full[:full.index(stop)].strip()
+    assert reply["choices"][0]["message"]["content"] == full[: full.index(stop)].strip()
     assert reply["choices"][0]["finish_reason"] == "stop"
     assert reply["usage"]["completion_tokens"] < 12
 
 
 def test_text_parts_developer_role_and_thinking(client):
     plain = answer(client)["choices"][0]["message"]["content"]
-    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "합병이란 "},
-                                                       {"type": "text", "text": "무엇인가요?"}]}]}
-    assert answer(client, **parts)["usage"]["prompt_tokens"] == answer(client, messages=[
-        {"role": "user", "content": "합병이란 \n무엇인가요?"}])["usage"]["prompt_tokens"]
+    parts = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "합병이란 "}, {"type": "text", "text": "무엇인가요?"}],
+            }
+        ]
+    }
+    assert (
+        answer(client, **parts)["usage"]["prompt_tokens"]
+        == answer(client, messages=[{"role": "user", "content": "합병이란 \n무엇인가요?"}])["usage"]["prompt_tokens"]
+    )
     developer = [{"role": "developer", "content": SYSTEM_PROMPT}, {"role": "user", "content": QUESTION}]
     assert answer(client, messages=developer)["choices"][0]["message"]["content"] == plain
     thinking = answer(client, chat_template_kwargs={"enable_thinking": True})
@@ -237,8 +255,12 @@ def test_api_key_is_required_and_compared(chat_model):
 def test_exposed_address_without_key_warns(capsys):
     warn_if_exposed("0.0.0.0", Limits())
     assert "warning" in capsys.readouterr().err
-    for host, limits in (("127.0.0.1", Limits()), ("localhost", Limits()), ("::1", Limits()),
-                         ("0.0.0.0", Limits(api_key="k3y"))):
+    for host, limits in (
+        ("127.0.0.1", Limits()),
+        ("localhost", Limits()),
+        ("::1", Limits()),
+        ("0.0.0.0", Limits(api_key="k3y")),
+    ):
         warn_if_exposed(host, limits)
         assert capsys.readouterr().err == ""
 
@@ -257,12 +279,13 @@ def test_cli_defaults_are_the_limits_defaults(monkeypatch):
 
 # ---------------------------------------------------------------- streamed text
 
+
 def test_reply_deltas_add_up_to_the_whole_answer():
     text = "  <think>\n생각 중</think>\n\n답은 <b>합병</b>입니다. STOP 뒤는 버림"
     for size in (1, 2, 3, 7, len(text)):
         reply, sent = Reply(("STOP",)), {"reasoning": "", "content": ""}
         for start in range(0, len(text), size):
-            for field, delta in reply.feed(text[start:start + size]).items():
+            for field, delta in reply.feed(text[start : start + size]).items():
                 sent[field] += delta
         for field, delta in reply.finish().items():
             sent[field] += delta
@@ -277,6 +300,7 @@ def test_reply_deltas_add_up_to_the_whole_answer():
 
 # ---------------------------------------------------------------- a real server on 127.0.0.1
 
+
 @contextmanager
 def running(chat_model, limits: Limits):
     """The app under uvicorn in a thread; yields the /v1 base URL and the app."""
@@ -284,8 +308,9 @@ def running(chat_model, limits: Limits):
 
     app = create_app(chat_model, NAME, limits)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=2))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}/v1"
@@ -312,11 +337,15 @@ def test_streaming_with_the_official_openai_client(chat_model):
         model = client.models.list().data[0].id
         messages = [{"role": "user", "content": QUESTION}]
         whole = client.chat.completions.create(model=model, messages=messages, max_tokens=8)
-        chunks = list(client.chat.completions.create(model=model, messages=messages, max_tokens=8, stream=True,
-                                                     stream_options={"include_usage": True}))
+        chunks = list(
+            client.chat.completions.create(
+                model=model, messages=messages, max_tokens=8, stream=True, stream_options={"include_usage": True}
+            )
+        )
         assert chunks[0].choices[0].delta.role == "assistant"
-        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
-            whole.choices[0].message.content
+        assert (
+            "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+        )
         assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
         assert chunks[-1].usage.completion_tokens == 8 and not chunks[-1].choices
         with pytest.raises(BadRequestError) as refused:  # the client shows the server's message, not just the code
@@ -327,7 +356,7 @@ def test_streaming_with_the_official_openai_client(chat_model):
         # the raw event stream: chunks, then [DONE]
         with http() as raw:
             text = raw.post(f"{base}/chat/completions", json=ask_body(max_tokens=2, stream=True)).text
-        events = [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
+        events = [line[len("data: ") :] for line in text.splitlines() if line.startswith("data: ")]
         assert events[-1] == "[DONE]"
         assert all(json.loads(e)["object"] == "chat.completion.chunk" for e in events[:-1])
 
@@ -339,13 +368,14 @@ def test_time_limit_answers_504_or_ends_the_stream_with_an_error(chat_model):
         assert error_of(response, 504)["code"] == "request_timeout"
         assert time.monotonic() - started < 10
         text = raw.post(f"{base}/chat/completions", json=ask_body(max_tokens=3000, stream=True)).text
-        events = [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
+        events = [line[len("data: ") :] for line in text.splitlines() if line.startswith("data: ")]
         assert json.loads(events[-2])["error"]["code"] == "request_timeout" and events[-1] == "[DONE]"
 
 
 def test_busy_server_answers_429_and_a_gone_client_frees_its_slot(chat_model):
     limits = Limits(max_tokens_cap=4000, request_timeout_s=120, max_concurrency=1)
     with running(chat_model, limits) as (base, app), http() as raw:
+
         def small_request_succeeds():
             return raw.post(f"{base}/chat/completions", json=ask_body(max_tokens=1)).status_code == 200
 
@@ -359,8 +389,10 @@ def test_busy_server_answers_429_and_a_gone_client_frees_its_slot(chat_model):
         # a non-streaming client goes away
         with socket.create_connection(("127.0.0.1", urlsplit(base).port), timeout=5) as sock:
             body = json.dumps(ask_body(max_tokens=3000)).encode()
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
             # watched on the app, not with requests: a probe could take the slot first
             wait_until(lambda: app.state.slots.free == 0, 15, "the long request to start", interval_s=0.05)
         wait_until(small_request_succeeds, 15, "the slot of a disconnected request", interval_s=0.2)
@@ -370,18 +402,21 @@ def test_sigterm_stops_generation_and_the_process(adapter, tmp_path):
     import httpx
 
     port = free_port()
-    script = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r})\n"
-              "from pathlib import Path\n"
-              "from test_server import load_chat_model\n"
-              "from mna_tune.serving.server import Limits, serve\n"
-              f"serve(load_chat_model(Path({str(adapter)!r})), 'tiny/1', "
-              f"Limits(max_tokens_cap=4000, request_timeout_s=300), '127.0.0.1', {port})\n")
+    script = (
+        f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+        "from pathlib import Path\n"
+        "from test_server import load_chat_model\n"
+        "from mna_tune.serving.server import Limits, serve\n"
+        f"serve(load_chat_model(Path({str(adapter)!r})), 'tiny/1', "
+        f"Limits(max_tokens_cap=4000, request_timeout_s=300), '127.0.0.1', {port})\n"
+    )
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         server = subprocess.Popen([sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"
     try:
         with http() as raw:
+
             def up():
                 try:
                     return raw.get(f"{base}/models").status_code == 200
@@ -392,8 +427,9 @@ def test_sigterm_stops_generation_and_the_process(adapter, tmp_path):
             events = []
 
             def stream():
-                with raw.stream("POST", f"{base}/chat/completions",
-                                json=ask_body(max_tokens=3000, stream=True)) as response:
+                with raw.stream(
+                    "POST", f"{base}/chat/completions", json=ask_body(max_tokens=3000, stream=True)
+                ) as response:
                     events.extend(response.iter_lines())
 
             reader = threading.Thread(target=stream, daemon=True)
@@ -414,13 +450,19 @@ def test_sigterm_stops_generation_and_the_process(adapter, tmp_path):
 
 # ---------------------------------------------------------------- prompt encoding
 
+
 def sample_conversations() -> list[list[dict]]:
     rows = json.loads((REPO / "data/sample/mna_qa.json").read_text(encoding="utf-8"))
     conversations = []
     for row in rows:
         conversations.append(build_messages(row["question"], row["answer"]))
-        conversations.append([{"role": "user", "content": row["source"]}, {"role": "assistant", "content": "답"},
-                              {"role": "user", "content": f" {row['question']}\n\n"}])
+        conversations.append(
+            [
+                {"role": "user", "content": row["source"]},
+                {"role": "assistant", "content": "답"},
+                {"role": "user", "content": f" {row['question']}\n\n"},
+            ]
+        )
     return conversations
 
 
@@ -437,8 +479,13 @@ def test_batches_are_padded_as_the_tokenizer_pads_them(qwen3_tokenizer):
 
     conversations = sample_conversations()[:6]
     input_ids, attention = left_padded(conversations, qwen3_tokenizer, "cpu")
-    expected = qwen3_tokenizer([render_prompt(m) for m in conversations], return_tensors="pt", padding=True,
-                               padding_side="left", add_special_tokens=False)
+    expected = qwen3_tokenizer(
+        [render_prompt(m) for m in conversations],
+        return_tensors="pt",
+        padding=True,
+        padding_side="left",
+        add_special_tokens=False,
+    )
     assert input_ids.tolist() == expected["input_ids"].tolist()
     assert attention.tolist() == expected["attention_mask"].tolist()
 
@@ -451,6 +498,6 @@ def test_message_text_cannot_inject_control_tokens(qwen3_tokenizer):
     assert qwen3_tokenizer(render_prompt(messages), add_special_tokens=False).input_ids.count(IM_START) == 4
     assert ids.count(IM_START) == 3 and ids.count(EOS) == 2  # system, user, assistant header
     user_start = [i for i, token in enumerate(ids) if token == IM_START][1]
-    content = ids[user_start + 1:ids.index(EOS, user_start)]
+    content = ids[user_start + 1 : ids.index(EOS, user_start)]
     assert all(token < 151643 for token in content)  # no added token at all inside the content span
     assert qwen3_tokenizer.decode(content) == "user\n" + attack  # and the text is kept as written

@@ -8,9 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mna_tune.chat import SYSTEM_PROMPT
-
 from helpers import QA, cli_env, free_port, tiny_params, wait_until, write_params
+from mna_tune.chat import SYSTEM_PROMPT
 
 
 @pytest.fixture
@@ -57,6 +56,7 @@ def _call(url: str, body: dict | None = None, key: str | None = None) -> tuple[i
         return error.code, json.loads(error.read())
 
 
+@pytest.mark.slow
 def test_openai_compatible_server_on_loopback(registered, workspace, tmp_path):
     """`mna-tune serve` end to end: the registered version, the API key from the environment
     (never printed), answers equal to `ask`, errors in OpenAI's shape. Limits, streaming and
@@ -65,12 +65,18 @@ def test_openai_compatible_server_on_loopback(registered, workspace, tmp_path):
     port, key = free_port(), "test-key-0f3a9c"
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
-        server = subprocess.Popen(["mna-tune", "serve", "--model", "@candidate", "--port", str(port)], cwd=workspace,
-                                  env=cli_env(workspace, MNA_TUNE_API_KEY=key), stdout=out, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            ["mna-tune", "serve", "--model", "@candidate", "--port", str(port)],
+            cwd=workspace,
+            env=cli_env(workspace, MNA_TUNE_API_KEY=key),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}/v1"
     try:
-        status, models = wait_until(lambda: _call(f"{base}/models", key=key), 120, "mna-tune serve",
-                                    alive=lambda: server.poll() is None)
+        status, models = wait_until(
+            lambda: _call(f"{base}/models", key=key), 120, "mna-tune serve", alive=lambda: server.poll() is None
+        )
         name = models["data"][0]["id"]
         assert status == 200 and name.startswith(registered.mlflow.registered_model)
         status, refused = _call(f"{base}/models")
@@ -87,8 +93,9 @@ def test_openai_compatible_server_on_loopback(registered, workspace, tmp_path):
 
         assert message["content"] == ask(registered, QA[0][0])
         assert _call(f"{base}/chat/completions", question, key=key)[1]["choices"] == reply["choices"]  # model omitted
-        status, refused = _call(f"{base}/chat/completions", {"messages": [{"role": "assistant", "content": "답"}]},
-                                key=key)
+        status, refused = _call(
+            f"{base}/chat/completions", {"messages": [{"role": "assistant", "content": "답"}]}, key=key
+        )
         assert status == 400 and refused["error"]["param"] == "messages"
         status, refused = _call(f"{base}/chat/completions", {"model": "x", **question}, key=key)
         assert status == 404 and refused["error"]["code"] == "model_not_found"
@@ -99,6 +106,7 @@ def test_openai_compatible_server_on_loopback(registered, workspace, tmp_path):
     assert f"serve: {name} on http://127.0.0.1:{port}" in printed and key not in printed
 
 
+@pytest.mark.slow
 def test_local_base_folder_is_referenced_not_copied(workspace):
     import mlflow
 

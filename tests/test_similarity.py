@@ -22,8 +22,12 @@ def brute_force(texts, threshold):
     matrix = vectorize(texts)
     norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
     sims = (matrix @ matrix.T).toarray() / np.outer(norms, norms)  # every pair, the slow way
-    return sorted((i, j, round(float(sims[i, j]), 4)) for i in range(len(texts)) for j in range(i + 1, len(texts))
-                  if sims[i, j] >= threshold - 1e-9)
+    return sorted(
+        (i, j, round(float(sims[i, j]), 4))
+        for i in range(len(texts))
+        for j in range(i + 1, len(texts))
+        if sims[i, j] >= threshold - 1e-9
+    )
 
 
 @pytest.mark.parametrize("threshold", [0.5, 0.8, 0.9, 1.0])
@@ -73,8 +77,8 @@ def test_identical_question_sets_fold_into_one_item_across_batches(monkeypatch):
     assert whole.first_row.tolist() == sorted(whole.first_row.tolist())  # items in first-occurrence order
     matrix = vectorize(texts)
     for row, item in enumerate(whole.item_of_row.tolist()):  # a row's item holds exactly its n-grams
-        own = matrix.indices[matrix.indptr[row]:matrix.indptr[row + 1]]
-        assert sorted(own) == whole.indices[whole.indptr[item]:whole.indptr[item + 1]].tolist()
+        own = matrix.indices[matrix.indptr[row] : matrix.indptr[row + 1]]
+        assert sorted(own) == whole.indices[whole.indptr[item] : whole.indptr[item + 1]].tolist()
 
 
 def brute_force_greedy(texts, threshold):
@@ -117,8 +121,10 @@ def test_bounded_search_compares_at_most_its_budget_and_finds_only_true_pairs():
     found = [block for block in similarity.compared_pairs(items, threshold, budget, 1, stats)]
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    old = sum(s * (s - 1) // 2 for s in np.diff(similarity._plan(items, threshold, 10**18, similarity.SearchStats())
-                                                 .list_start).tolist())
+    old = sum(
+        s * (s - 1) // 2
+        for s in np.diff(similarity._plan(items, threshold, 10**18, similarity.SearchStats()).list_start).tolist()
+    )
     assert old > 100_000_000 and stats.skipped_pairs > 0.9 * old - budget and not stats.exact
     assert stats.candidate_pairs <= budget and peak < 150 * 2**20
     left = np.concatenate([b[0] for b in found])
@@ -126,8 +132,8 @@ def test_bounded_search_compares_at_most_its_budget_and_finds_only_true_pairs():
     value = np.concatenate([b[2] for b in found])
     assert len(left) > 1000 and (value >= threshold - 1e-6).all()
     for a, b, v in list(zip(left.tolist(), right.tolist(), value.tolist()))[:500]:  # true similarities
-        x = set(items.indices[items.indptr[a]:items.indptr[a + 1]].tolist())
-        y = set(items.indices[items.indptr[b]:items.indptr[b + 1]].tolist())
+        x = set(items.indices[items.indptr[a] : items.indptr[a + 1]].tolist())
+        y = set(items.indices[items.indptr[b] : items.indptr[b + 1]].tolist())
         assert abs(len(x & y) / np.sqrt(len(x) * len(y)) - v) < 1e-4
 
 

@@ -1,12 +1,11 @@
 import pytest
 
+from helpers import repo_params
 from mna_tune.chat import build_messages
-from mna_tune.workspace import read_jsonl, write_jsonl
 from mna_tune.data.split import run_split
 from mna_tune.data.text import content_id
 from mna_tune.params import SplitPaths
-
-from helpers import repo_params
+from mna_tune.workspace import read_jsonl, write_jsonl
 
 
 def words(seed, count=3):
@@ -27,10 +26,16 @@ def rows(n, prefix="질문"):
 
 def run(tmp_path, data, **params):
     out = tmp_path / "processed"
-    paths = SplitPaths(train=out / "train.jsonl", val=out / "val.jsonl", test=out / "test.jsonl",
-                       leakage=tmp_path / "leakage.jsonl", summary=tmp_path / "m.json",
-                       data_report=tmp_path / "report.json", rows_plot=tmp_path / "rows.csv",
-                       lengths_plot=tmp_path / "lengths.csv")
+    paths = SplitPaths(
+        train=out / "train.jsonl",
+        val=out / "val.jsonl",
+        test=out / "test.jsonl",
+        leakage=tmp_path / "leakage.jsonl",
+        summary=tmp_path / "m.json",
+        data_report=tmp_path / "report.json",
+        rows_plot=tmp_path / "rows.csv",
+        lengths_plot=tmp_path / "lengths.csv",
+    )
     write_jsonl(tmp_path / "merged.jsonl", data)
     metrics = run_split(repo_params(split=params).split, tmp_path / "merged.jsonl", paths)
     return metrics, {name: list(read_jsonl(getattr(paths, name))) for name in ("train", "val", "test")}
@@ -67,8 +72,14 @@ def test_identical_normalised_questions_land_in_one_split(tmp_path):
         q = f"{words(i)}?"
         for variant, answer in enumerate(["첫 번째 답", "두 번째 답", "세 번째 답"]):
             question = q if variant != 1 else f"  {q.replace(' ', '  ')} "
-            data.append({"id": content_id(question, answer), "source": "aihub", "category": "사회",
-                         "messages": build_messages(question, answer)})
+            data.append(
+                {
+                    "id": content_id(question, answer),
+                    "source": "aihub",
+                    "category": "사회",
+                    "messages": build_messages(question, answer),
+                }
+            )
     _, splits = run(tmp_path, data)
     where = {}
     for name, part in splits.items():
@@ -86,12 +97,15 @@ def test_empty_test_split_is_an_error(tmp_path):
 
 def test_near_twins_share_a_split_and_the_leakage_report_shows_none(tmp_path):
     data = rows(300)
-    twins = [("합병의 두 가지 유형은 무엇인가요?", "흡수합병과 신설합병입니다."),
-             ("합병의 두 가지 방식은 무엇인가요?", "흡수합병과 신설합병 두 가지입니다.")]
+    twins = [
+        ("합병의 두 가지 유형은 무엇인가요?", "흡수합병과 신설합병입니다."),
+        ("합병의 두 가지 방식은 무엇인가요?", "흡수합병과 신설합병 두 가지입니다."),
+    ]
     for k in range(40):  # near-twin pairs: the same question with a different number
         twins += [(f"{words(f'twin{k}')} 제{k}조 1항은?", "가"), (f"{words(f'twin{k}')} 제{k}조 1항이란?", "나")]
-    data += [{"id": content_id(q, a), "source": "mna", "category": "M&A", "messages": build_messages(q, a)}
-             for q, a in twins]
+    data += [
+        {"id": content_id(q, a), "source": "mna", "category": "M&A", "messages": build_messages(q, a)} for q, a in twins
+    ]
     metrics, splits = run(tmp_path, data, leakage_threshold=0.8)
     where = placement(splits)
     for first, second in zip(twins[::2], twins[1::2]):
@@ -113,8 +127,15 @@ def test_near_twins_share_a_split_and_the_leakage_report_shows_none(tmp_path):
 
 
 def test_a_chain_of_templated_questions_is_refused(tmp_path):
-    data = [{"id": content_id(f"질문 {i}번은 무엇인가요?", "답"), "source": "mna", "category": "M&A",
-             "messages": build_messages(f"질문 {i}번은 무엇인가요?", "답")} for i in range(100)]
+    data = [
+        {
+            "id": content_id(f"질문 {i}번은 무엇인가요?", "답"),
+            "source": "mna",
+            "category": "M&A",
+            "messages": build_messages(f"질문 {i}번은 무엇인가요?", "답"),
+        }
+        for i in range(100)
+    ]
     with pytest.raises(ValueError, match="chain into one near-twin group.*raise split.leakage_threshold"):
         run(tmp_path, data)
 
@@ -130,10 +151,18 @@ def test_templated_questions_are_split_within_the_budgets(tmp_path, monkeypatch)
     rng = random.Random(3)
     vocabulary = [f"{a}{b}" for a in "합병분할인수주식매수공시" for b in "가나다"][:40]
     faq = [" ".join(rng.sample(vocabulary, 6)) + "은 무엇인가요?" for _ in range(100)]
-    questions = [rng.choice(faq) if i % 4 == 0 else " ".join(rng.sample(vocabulary, 6)) + "은 무엇인가요?"
-                 for i in range(6000)]
-    data = [{"id": content_id(q, f"답 {i}"), "source": "aihub", "category": "사회",
-             "messages": build_messages(q, f"답 {i}")} for i, q in enumerate(questions)]
+    questions = [
+        rng.choice(faq) if i % 4 == 0 else " ".join(rng.sample(vocabulary, 6)) + "은 무엇인가요?" for i in range(6000)
+    ]
+    data = [
+        {
+            "id": content_id(q, f"답 {i}"),
+            "source": "aihub",
+            "category": "사회",
+            "messages": build_messages(q, f"답 {i}"),
+        }
+        for i, q in enumerate(questions)
+    ]
     monkeypatch.setattr(similarity, "PAIR_BUDGET", 100_000)
     monkeypatch.setattr(split, "NEAREST_WORK", 1_000)
     metrics, splits = run(tmp_path, data, leakage_threshold=0.95)

@@ -1,8 +1,11 @@
-"""dvc.yaml's code deps cannot drift from the imports: for every stage, each project module
-it can import (the static closure from `mna-tune <stage>`, lazy imports inside functions
-included) is covered by one of the stage's deps, and every code dep it lists is imported.
-tests/test_e2e_dvc.py checks the same against the modules each stage really imported
-while `dvc repro` ran it."""
+"""dvc.yaml's code deps are exactly the files a stage imports: for every stage, the project
+modules it can import (the static closure from `mna-tune <stage>`, lazy imports inside
+functions included) equal the `src/` files it lists, so an edit reruns the stages that use
+the file and no other. tests/test_e2e_dvc.py checks the same against the modules each stage
+really imported while `dvc repro` ran it.
+
+The packages also import in one direction only (LAYERS): a package takes from its own
+files and the layers below it, never from a package beside it or above it."""
 
 from __future__ import annotations
 
@@ -12,9 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mna_tune.cli import STAGES
-
 from helpers import REPO
+from mna_tune.cli import STAGES
 
 SRC = REPO / "src"
 PACKAGE = "mna_tune"
@@ -78,22 +80,85 @@ def code_deps(stage: str) -> list[Path]:
     return [REPO / dep for dep in dvc["stages"][stage]["deps"] if dep.startswith("src/")]
 
 
-def covered(path: Path, deps: list[Path]) -> bool:
-    return any(path == dep or dep in path.parents for dep in deps)
-
-
 @pytest.mark.parametrize("stage", list(STAGES))
-def test_every_module_a_stage_imports_is_a_dep(stage):
-    deps = code_deps(stage)
-    missing = sorted(str(path.relative_to(REPO)) for path in stage_code(stage) if not covered(path, deps))
-    assert missing == [], f"dvc.yaml stage '{stage}' must list these (or their folder) as deps"
+def test_a_stage_lists_exactly_the_files_it_imports(stage):
+    listed = set(code_deps(stage))
+    imported = stage_code(stage)
+    missing = sorted(str(path.relative_to(REPO)) for path in imported - listed)
+    unused = sorted(str(path.relative_to(REPO)) for path in listed - imported)
+    assert missing == [], f"dvc.yaml stage '{stage}' imports these files: list them as deps"
+    assert unused == [], f"dvc.yaml stage '{stage}' lists files it never imports: remove them"
 
 
-@pytest.mark.parametrize("stage", list(STAGES))
-def test_every_code_dep_of_a_stage_is_imported(stage):
-    code = stage_code(stage)
-    unused = [str(dep.relative_to(REPO)) for dep in code_deps(stage) if not any(covered(p, [dep]) for p in code)]
-    assert unused == [], f"dvc.yaml stage '{stage}' lists code it never imports"
+def test_a_stage_lists_files_not_folders():
+    """A folder dep reruns a stage for any file in it, imported or not."""
+    for stage in STAGES:
+        folders = [str(dep.relative_to(REPO)) for dep in code_deps(stage) if dep.is_dir()]
+        assert folders == [], f"dvc.yaml stage '{stage}' lists folders as code deps"
+
+
+# Lowest first. The top-level modules are the shared layer; cli is the only way in.
+LAYERS = (
+    {"shared"},
+    {"data", "registry", "engine"},
+    {"training", "evaluation"},
+    {"serving"},
+    {"cli"},
+    {"__main__"},
+)
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """(layer index, package) of a project module: mna_tune.serving.ask -> serving's."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return 0, "shared"  # the package's own __init__
+    name = parts[1]
+    is_package = SRC.joinpath(PACKAGE, name).is_dir()
+    group = name if is_package or name in ("cli", "__main__") else "shared"
+    return next(i for i, layer in enumerate(LAYERS) if group in layer), group
+
+
+def layer_violations(modules: list[str]) -> list[str]:
+    found = []
+    for module in modules:
+        level, group = layer_of(module)
+        for target in sorted(imported_by(module)):
+            if target == PACKAGE:
+                continue
+            target_level, target_group = layer_of(target)
+            if target_group != group and target_level >= level:
+                found.append(f"{module} imports {target} ({target_group} is not below {group})")
+    return found
+
+
+def all_modules() -> list[str]:
+    return sorted(
+        ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+        for path in (SRC / PACKAGE).rglob("*.py")
+    )
+
+
+def test_every_package_is_in_a_layer():
+    packages = {path.name for path in (SRC / PACKAGE).iterdir() if (path / "__init__.py").is_file()}
+    assert packages <= set().union(*LAYERS)
+
+
+def test_packages_import_only_the_layers_below_them():
+    assert layer_violations(all_modules()) == []
+
+
+def test_the_layer_check_sees_an_import_from_beside_or_above(tmp_path, monkeypatch):
+    """The check can fail: evaluation importing serving (above it) or registry importing
+    evaluation (beside training/evaluation, above registry) is reported."""
+    real = imported_by
+    extra = {
+        "mna_tune.evaluation.evaluate": {"mna_tune.serving.pyfunc"},
+        "mna_tune.registry.promotion": {"mna_tune.evaluation.scoring"},
+    }
+    monkeypatch.setitem(globals(), "imported_by", lambda name: real(name) | extra.get(name, set()))
+    found = layer_violations(list(extra))
+    assert len(found) == 2 and "serving is not below evaluation" in found[0]
 
 
 def test_the_closure_sees_lazy_and_relative_imports():
@@ -109,7 +174,14 @@ def test_data_stages_import_no_torch_transformers_or_mlflow():
     for stage in ("extract", "filter", "merge"):
         for path in stage_code(stage):
             tree = ast.parse(path.read_text(encoding="utf-8"))
-            heavy = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                     for alias in node.names} | {(node.module or "").split(".")[0] for node in ast.walk(tree)
-                                                 if isinstance(node, ast.ImportFrom) and not node.level}
+            heavy = {
+                alias.name.split(".")[0]
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Import)
+                for alias in node.names
+            } | {
+                (node.module or "").split(".")[0]
+                for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and not node.level
+            }
             assert not heavy & {"torch", "transformers", "mlflow"}, f"{path} imports {heavy}"

@@ -51,5 +51,11 @@ def test_every_qwen3_added_token_and_the_think_switches_are_chat_markers():
     assert chat_marker("답 <think>x</think>") == "<think>"
     assert chat_marker("설명해 주세요 /no_think") == "/no_think" and chat_marker("자세히 /think") == "/think"
     assert chat_marker("<|im_\u200bend|>") == "<|im_end|>"  # broken by a zero-width space: still found
-    for clean in ("합병이란 무엇인가요?", "a/b 비율은 3|4 입니다", "/thinking 은 단어", "x < y 이고 y > z", "<b>굵게</b>"):
+    for clean in (
+        "합병이란 무엇인가요?",
+        "a/b 비율은 3|4 입니다",
+        "/thinking 은 단어",
+        "x < y 이고 y > z",
+        "<b>굵게</b>",
+    ):
         assert chat_marker(clean) is None, clean

@@ -4,9 +4,8 @@ import subprocess
 
 import pytest
 
-from mna_tune.registry.tracking import Tracker, tracking_uri
-
 from helpers import repo_params
+from mna_tune.registry.tracking import Tracker, tracking_uri
 
 MLFLOW = repo_params().mlflow
 
@@ -62,6 +61,9 @@ def test_a_store_that_cannot_be_written_is_one_line_before_any_model_work(tmp_pa
         with unwritable(path), pytest.raises(ValueError) as refused:
             tracker.check_writable(run_id, "models/train_run.json")
         message = str(refused.value)
-        assert message.startswith(f"{tmp_path / 'mlflow.db'}: the MLflow store cannot be written (") and "\n" not in message
+        assert (
+            message.startswith(f"{tmp_path / 'mlflow.db'}: the MLflow store cannot be written (")
+            and "\n" not in message
+        )
         assert message.endswith("make the file and its folder writable")
     tracker.check_writable(run_id, "models/train_run.json")  # and it was left as it was

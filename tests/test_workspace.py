@@ -11,10 +11,12 @@ def project(tmp_path):
     (tmp_path / "data/in.txt").write_text("rows\n")
     (tmp_path / "code").mkdir()
     (tmp_path / "code/a.py").write_text("x = 1\n")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"lr": 0.001, "seed": 1}, "paths": {
-        "input": "data/in.txt"}}))
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": {
-        "cmd": "x", "deps": ["code", "${paths.input}"], "params": ["train.lr"]}}}))
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"train": {"lr": 0.001, "seed": 1}, "paths": {"input": "data/in.txt"}})
+    )
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {"train": {"cmd": "x", "deps": ["code", "${paths.input}"], "params": ["train.lr"]}}})
+    )
     return tmp_path
 
 
@@ -29,8 +31,11 @@ def test_unchanged_inputs_pass_and_a_param_change_is_named(tmp_path, monkeypatch
     check_stage_inputs("train", before)
     params["train"]["lr"] = 0.002
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(StageInputsChanged, match=r"params train\.lr \(0\.001 -> 0\.002\) changed while the train "
-                                                 r"stage ran.*--queue"):
+    with pytest.raises(
+        StageInputsChanged,
+        match=r"params train\.lr \(0\.001 -> 0\.002\) changed while the train "
+        r"stage ran.*--queue",
+    ):
         check_stage_inputs("train", before)
 
 
@@ -63,9 +68,9 @@ def test_a_running_stage_refuses_a_second_experiment_in_its_workspace_but_not_th
     monkeypatch.chdir(tmp_path)
     folder = str(tmp_path / ".dvc/tmp/exps")
     with workspace_held("train"):
-        with pytest.raises(LockError, match="mna-tune train: a stage is running in this workspace"):
-            with rwlock(folder, localfs, "dvc exp run", [], ["workspace", WORKSPACE_STASH], False):
-                pass
+        busy = pytest.raises(LockError, match="mna-tune train: a stage is running in this workspace")
+        with busy, rwlock(folder, localfs, "dvc exp run", [], ["workspace", WORKSPACE_STASH], False):
+            pass
         with rwlock(folder, localfs, "dvc exp run --queue", [], ["workspace", CELERY_STASH], False):
             pass  # queueing stays possible
     with rwlock(folder, localfs, "dvc exp run", [], ["workspace", WORKSPACE_STASH], False):
@@ -84,9 +89,15 @@ def test_a_stage_waits_for_a_dvc_command_that_holds_the_workspace_then_says_so(t
     (tmp_path / ".dvc/tmp/exps").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(workspace, "HOLD_ATTEMPTS", 2)
-    with rwlock(str(tmp_path / ".dvc/tmp/exps"), localfs, "dvc exp run -n other", [], ["workspace", WORKSPACE_STASH],
-                False):
-        with pytest.raises(StageInputsChanged, match="the train stage cannot start: another DVC experiment command "
-                                                     "holds this workspace .*dvc exp run -n other"):
-            with workspace_held("train"):
-                pass
+    with (
+        rwlock(
+            str(tmp_path / ".dvc/tmp/exps"), localfs, "dvc exp run -n other", [], ["workspace", WORKSPACE_STASH], False
+        ),
+        pytest.raises(
+            StageInputsChanged,
+            match="the train stage cannot start: another DVC experiment command "
+            "holds this workspace .*dvc exp run -n other",
+        ),
+        workspace_held("train"),
+    ):
+        pass

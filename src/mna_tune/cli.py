@@ -68,8 +68,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-tokens-cap", type=int, default=2048, help="most tokens one request may ask for")
     serve.add_argument("--request-timeout", type=float, default=120.0, help="seconds one generation may run")
     serve.add_argument("--max-concurrency", type=int, default=1, help="generations at once; more get 429")
-    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer <key>' "
-                       "(better: set MNA_TUNE_API_KEY, which `ps` does not show)")
+    serve.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer <key>' (better: set MNA_TUNE_API_KEY, which `ps` does not show)",
+    )
     return root
 
 
@@ -99,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:  # an input a stage or tool needs is missing
         if os.environ.get("MNA_TUNE_DEBUG"):
             raise
-        hint = f"run the stages before it first (dvc repro {args.command})" if args.command in STAGES else \
-            "run the pipeline first (dvc repro)"
+        hint = (
+            f"run the stages before it first (dvc repro {args.command})"
+            if args.command in STAGES
+            else "run the pipeline first (dvc repro)"
+        )
         print(f"mna-tune {args.command}: error: {exc.filename}: not found; {hint}", file=sys.stderr)
         return 1
     return 0

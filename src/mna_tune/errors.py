@@ -4,9 +4,7 @@ from __future__ import annotations
 
 
 class InputError(ValueError):
-    def __init__(
-        self, file: str, reason: str, entry: str | None = None, record: str | None = None, raw: object = None
-    ):
+    def __init__(self, file: str, reason: str, entry: str | None = None, record: str | None = None, raw: object = None):
         self.file, self.entry, self.record, self.reason = file, entry, record, reason
         self.raw = raw  # the offending record, kept for the rejects file
         super().__init__(str(self))

@@ -17,7 +17,7 @@ class Lexicon:
     pattern: re.Pattern  # every term, longest first, so "기업결합" wins over "결합" at one place
 
     @classmethod
-    def from_tsv(cls, path: Path) -> "Lexicon":
+    def from_tsv(cls, path: Path) -> Lexicon:
         """Lines `term<TAB>weight[<TAB>domain]`; blank lines and `#` comments are skipped."""
         weights: dict[str, int] = {}
         try:

@@ -55,6 +55,7 @@ def one_line(text: str) -> str:
 
 # ---- where the endpoint is ----
 
+
 @dataclass(frozen=True)
 class Endpoint:
     base_url: str = field(repr=False)  # may carry credentials; messages use `shown`
@@ -63,8 +64,13 @@ class Endpoint:
     names: tuple[str, str, str] = ("", "", "")  # the variables URL, model and key came from
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], families: Sequence[tuple[str, str, str]], needed_by: str,
-                 error: type[Exception]) -> Endpoint:
+    def from_env(
+        cls,
+        environ: Mapping[str, str],
+        families: Sequence[tuple[str, str, str]],
+        needed_by: str,
+        error: type[Exception],
+    ) -> Endpoint:
         """The first family (URL, model, key variable names) whose URL is set; the three are
         taken together, so a key is never sent to another family's endpoint. `needed_by`
         starts every message ("filter.scorer is 'llm'"); `error` is the class raised."""
@@ -78,8 +84,10 @@ class Endpoint:
         _check_url(base_url, url_name, error)
         model = environ.get(model_name, "").strip()
         if not model:
-            raise error(f"{needed_by} and {url_name} is set but {model_name} is not "
-                        "(the model name the endpoint serves, e.g. Qwen/Qwen3-8B)")
+            raise error(
+                f"{needed_by} and {url_name} is set but {model_name} is not "
+                "(the model name the endpoint serves, e.g. Qwen/Qwen3-8B)"
+            )
         return cls(base_url, model, environ.get(key_name, "").strip() or None, chosen)
 
     @property
@@ -119,10 +127,12 @@ def reply_content(response: httpx.Response) -> str | None:
 
 # ---- asking ----
 
+
 @dataclass(eq=False)
 class ChatClient:
     """Asks one endpoint: retries with backoff, counts requests, and drops vLLM's
-    `chat_template_kwargs` once if the endpoint refuses it."""
+    `chat_template_kwargs` once if the endpoint refuses it. `route` and `content_of` let the
+    same client ask another OpenAI route (the engine's token-id /completions)."""
 
     endpoint: Endpoint
     concurrency: int = 8
@@ -131,19 +141,32 @@ class ChatClient:
     attempts: int = 4
     backoff_s: float = 1.0  # sleeps backoff_s * 2**n between attempts; tests make it tiny
     hints: Mapping[int, str] = field(default_factory=dict)  # HTTP status -> what to check, beyond the endpoint's
+    route: str = "/chat/completions"
+    content_of: Callable[[httpx.Response], str | None] = field(default=lambda response: reply_content(response))
     requests_sent: int = field(default=0, init=False)  # HTTP requests sent (retries included)
     _template_kwargs: bool = field(default=True, init=False, repr=False)
     _count_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def body(self, prompt: str, **extra) -> dict:
-        body = {"model": self.endpoint.model, "messages": [{"role": "user", "content": prompt}],
-                "temperature": 0, "max_tokens": self.max_tokens, **extra}
+        body = {
+            "model": self.endpoint.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0,
+            "max_tokens": self.max_tokens,
+            **extra,
+        }
         if self._template_kwargs:  # Qwen3 on vLLM/SGLang: no thinking before the answer
             body["chat_template_kwargs"] = {"enable_thinking": False}
         return body
 
-    def ask(self, client: httpx.Client, make_body: Callable[[], dict], read: Callable[[str], R], what: str,
-            failed: Callable[[str], Exception]) -> R:
+    def ask(
+        self,
+        client: httpx.Client,
+        make_body: Callable[[], dict],
+        read: Callable[[str], R],
+        what: str,
+        failed: Callable[[str], Exception],
+    ) -> R:
         """`read(content)` turns the reply into a result or raises Retryable; `failed(detail)`
         builds the exception for a request that cannot succeed (`what` names the answer)."""
         last = ""
@@ -160,7 +183,7 @@ class ChatClient:
         import httpx
 
         try:
-            response = client.post(self.endpoint.base_url + "/chat/completions", json=body)
+            response = client.post(self.endpoint.base_url + self.route, json=body)
         except httpx.TransportError as exc:  # connection refused, reset, timeout
             raise Retryable(f"{type(exc).__name__}: {self.scrub(str(exc))}") from None
         with self._count_lock:
@@ -173,15 +196,19 @@ class ChatClient:
             raise Retryable(f"HTTP {status}: {self.quote(response.text)}")
         if status >= 400:
             hint = self.hints.get(status) or self.endpoint.hint(status)
-            raise failed(f"{self.endpoint.shown} answered HTTP {status}{hint}: "
-                         f"{self.quote(response.text)}")
-        content = reply_content(response)
+            raise failed(f"{self.endpoint.shown} answered HTTP {status}{hint}: {self.quote(response.text)}")
+        content = self.content_of(response)
         if content is None:
             raise Retryable(f"no message content in the reply: {self.quote(response.text)}")
         return content
 
-    def ask_all(self, items: Sequence[T], ask_one: Callable[[httpx.Client, T], R], keep: Callable[[T, R], None],
-                progress: str | None = None) -> None:
+    def ask_all(
+        self,
+        items: Sequence[T],
+        ask_one: Callable[[httpx.Client, T], R],
+        keep: Callable[[T, R], None],
+        progress: str | None = None,
+    ) -> None:
         """Asks for every item, `concurrency` at a time; `keep(item, result)` runs in this
         thread as each answer arrives. The first failure stops the sending, what already came
         back is kept, and the failure is raised."""
@@ -232,6 +259,7 @@ class ChatClient:
 
 # ---- the answer cache ----
 
+
 @contextlib.contextmanager
 def open_cache(path: Path, schema: str, what: str, redo: str) -> Iterator[sqlite3.Connection]:
     """The cache (`what`, e.g. "score cache"), created with `schema` if missing. Any SQLite
@@ -259,7 +287,7 @@ def select_keys(db: sqlite3.Connection, query: str, keys: Sequence[str]) -> list
     unique = list(dict.fromkeys(keys))
     rows: list[tuple] = []
     for start in range(0, len(unique), LOOKUP_CHUNK):
-        chunk = unique[start:start + LOOKUP_CHUNK]
+        chunk = unique[start : start + LOOKUP_CHUNK]
         rows += db.execute(f"{query} ({', '.join('?' * len(chunk))})", chunk).fetchall()
     return rows
 

@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -57,7 +57,7 @@ def tiny_qwen3_config():
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=16,
+        head_dim=32,  # vLLM's CPU attention takes 32 and up
         max_position_embeddings=4096,
         tie_word_embeddings=True,
         bos_token_id=151643,
@@ -90,11 +90,14 @@ def check_device_support(model: ModelParams) -> None:
     cuda = torch.cuda.is_available()
     if model.quantization != "none":
         if not cuda:
-            raise ModelSourceError(f"model.quantization: {model.quantization} needs a CUDA GPU (bitsandbytes) and "
-                                   "this machine has none; set model.quantization: none")
+            raise ModelSourceError(
+                f"model.quantization: {model.quantization} needs a CUDA GPU (bitsandbytes) and "
+                "this machine has none; set model.quantization: none"
+            )
         if importlib.util.find_spec("bitsandbytes") is None:
-            raise ModelSourceError(f"model.quantization: {model.quantization} needs bitsandbytes: "
-                                   "pip install -e '.[cuda]'")
+            raise ModelSourceError(
+                f"model.quantization: {model.quantization} needs bitsandbytes: pip install -e '.[cuda]'"
+            )
         if resolve_base(model.base).kind == "tiny":
             raise ModelSourceError("model.quantization applies to real models (a hub id or a folder), not tiny-qwen3")
     if model.attn_implementation == "flash_attention_2":
@@ -109,14 +112,26 @@ def trl_model_config(model: ModelParams, lora: LoraParams | None = None):
     the model's dtype), so TRL's helpers build the quantization and LoRA configs."""
     from trl import ModelConfig
 
-    options = {}
+    options: dict[str, Any] = {}
     if lora is not None:
-        options = dict(use_peft=True, lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                       lora_target_modules=list(lora.target_modules), lora_task_type="CAUSAL_LM")
-    return ModelConfig(model_name_or_path=model.base, dtype=dtype_name(model.dtype),
-                       attn_implementation=model.attn_implementation, load_in_4bit=model.quantization == "4bit",
-                       load_in_8bit=model.quantization == "8bit", bnb_4bit_quant_type="nf4",
-                       use_bnb_nested_quant=True, **options)
+        options = dict(
+            use_peft=True,
+            lora_r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            lora_target_modules=list(lora.target_modules),
+            lora_task_type="CAUSAL_LM",
+        )
+    return ModelConfig(
+        model_name_or_path=model.base,
+        dtype=dtype_name(model.dtype),
+        attn_implementation=model.attn_implementation,
+        load_in_4bit=model.quantization == "4bit",
+        load_in_8bit=model.quantization == "8bit",
+        bnb_4bit_quant_type="nf4",
+        use_bnb_nested_quant=True,
+        **options,
+    )
 
 
 def lora_config(lora: LoraParams, model: ModelParams):
@@ -152,8 +167,13 @@ def load_base_model(model: ModelParams, for_training: bool = False):
 
     try:
         loaded = AutoModelForCausalLM.from_pretrained(
-            source.name, dtype=dtype, trust_remote_code=False, attn_implementation=model.attn_implementation,
-            quantization_config=get_quantization_config(trl_model_config(model)), device_map=_device_map())
+            source.name,
+            dtype=dtype,
+            trust_remote_code=False,
+            attn_implementation=model.attn_implementation,
+            quantization_config=get_quantization_config(trl_model_config(model)),
+            device_map=_device_map(),
+        )
     except OSError as exc:
         raise ModelSourceError(f"cannot load model.base '{model.base}': {exc}") from None
     if model.quantization != "none" and for_training:

@@ -46,6 +46,7 @@ class _Section(BaseModel):
 
 # ---- where each stage reads and writes (dvc.yaml uses the same keys through ${paths.…}) ----
 
+
 class ExtractPaths(_Section):
     rows: Path
     rejects: Path
@@ -109,6 +110,7 @@ class Paths(_Section):
 
 # ---- one section per stage ----
 
+
 class DataParams(_Section):
     aihub_dir: Path
     mna_path: Path
@@ -134,7 +136,7 @@ class FilterParams(_Section):
     max_answer_chars: int = Field(ge=1)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "FilterParams":
+    def _consistent(self) -> FilterParams:
         if self.scorer == "column" and self.scores_path is None:
             raise ValueError("filter.scorer is 'column' but filter.scores_path is not set")
         if self.min_question_chars > self.max_question_chars:
@@ -155,7 +157,7 @@ class SplitParams(_Section):
     leakage_threshold: Finite = Field(gt=0, le=1)
 
     @model_validator(mode="after")
-    def _leaves_training_rows(self) -> "SplitParams":
+    def _leaves_training_rows(self) -> SplitParams:
         if self.val_size + self.test_size >= 1:
             raise ValueError("split.val_size + split.test_size must be below 1")
         return self
@@ -187,9 +189,18 @@ class TrainParams(_Section):
     learning_rate: Finite = Field(gt=0)
     per_device_train_batch_size: int = Field(ge=1)
     gradient_accumulation_steps: int = Field(ge=1)
-    lr_scheduler_type: Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                               "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau",
-                               "cosine_with_min_lr", "warmup_stable_decay"]
+    lr_scheduler_type: Literal[
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "constant",
+        "constant_with_warmup",
+        "inverse_sqrt",
+        "reduce_lr_on_plateau",
+        "cosine_with_min_lr",
+        "warmup_stable_decay",
+    ]
     warmup_ratio: Finite = Field(ge=0, lt=1)
     max_grad_norm: Finite = Field(gt=0)
     weight_decay: Finite = Field(ge=0)
@@ -205,7 +216,7 @@ class TrainParams(_Section):
     save_total_limit: int = Field(ge=1)
 
     @model_validator(mode="after")
-    def _steps(self) -> "TrainParams":
+    def _steps(self) -> TrainParams:
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError("train.max_steps must be -1 (train by epochs) or a positive step cap")
         return self
@@ -214,9 +225,23 @@ class TrainParams(_Section):
 JUDGE_GATE_METRICS = ("judge_win_rate", "judge_rubric_mean")  # need evaluate.judge.enabled
 
 
+# Metrics for which a smaller value is the better one (the report and the gate read it).
+LOWER_IS_BETTER = {"eval_loss", "perplexity", "think_leak_share", "empty_answer_share"}
+
+
 class GateParams(_Section):
-    metric: Literal["eval_loss", "perplexity", "rougeL_f1", "chrf", "exact_match", "korean_only_share",
-                    "domain_term_recall", "domain_term_precision", "judge_win_rate", "judge_rubric_mean"]
+    metric: Literal[
+        "eval_loss",
+        "perplexity",
+        "rougeL_f1",
+        "chrf",
+        "exact_match",
+        "korean_only_share",
+        "domain_term_recall",
+        "domain_term_precision",
+        "judge_win_rate",
+        "judge_rubric_mean",
+    ]
     min_delta: Finite
     min_korean_only: Finite = Field(ge=0, le=1)
 
@@ -225,7 +250,7 @@ class ConsistencyParams(_Section):
     samples: int = Field(ge=0, le=64)  # sampled answers per generated row; 0: off, else at least 2
 
     @model_validator(mode="after")
-    def _pairs(self) -> "ConsistencyParams":
+    def _pairs(self) -> ConsistencyParams:
         if self.samples == 1:
             raise ValueError("evaluate.consistency.samples must be 0 (off) or at least 2: one answer has no pair")
         return self
@@ -240,7 +265,16 @@ class JudgeParams(_Section):
     max_tokens: int = Field(ge=16)
 
 
+class VllmParams(_Section):
+    max_num_seqs: int = Field(ge=1, le=1024)  # sequences the engine batches at once (= requests in flight)
+    max_model_len: int = Field(ge=64)  # prompt + answer tokens the engine reserves per sequence
+    kv_cache_gib: int = Field(ge=1)  # the CPU engine's KV cache in whole GiB; GPUs size theirs themselves
+    startup_timeout_s: Finite = Field(gt=0)
+
+
 class EvaluateParams(_Section):
+    engine: Literal["transformers", "vllm"]
+    vllm: VllmParams
     max_new_tokens: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     max_generate_rows: int | None = Field(ge=1)
@@ -255,7 +289,7 @@ class EvaluateParams(_Section):
     gate: GateParams
 
     @model_validator(mode="after")
-    def _judge_for_gate(self) -> "EvaluateParams":
+    def _judge_for_gate(self) -> EvaluateParams:
         if self.gate.metric in JUDGE_GATE_METRICS and not self.judge.enabled:
             raise ValueError(f"evaluate.gate.metric is '{self.gate.metric}' but evaluate.judge.enabled is false")
         return self
@@ -299,7 +333,5 @@ def load_params(path: Path | str = DEFAULT_PARAMS_PATH) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ParamsError(f"{path}: {problems}") from None

@@ -11,7 +11,7 @@ import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
 import orjson
 
@@ -51,7 +51,7 @@ def remove_stale_temps(path: Path | str) -> list[Path]:
             name = sibling.name
             if not (name.startswith(prefix) and name.endswith(".tmp")):
                 continue
-            middle = name[len(prefix):-len(".tmp")].split(".")
+            middle = name[len(prefix) : -len(".tmp")].split(".")
             if len(middle) == 2 and middle[0].isdigit() and _pid_alive(int(middle[0])):
                 continue
             if len(middle) > 2:  # another output's temp (`.<name>.<more>.<pid>.<random>.tmp`)
@@ -91,7 +91,7 @@ def commit_temp(tmp: str, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path | str, mode: str = "w") -> Iterator[TextIO]:
+def atomic_open(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
     """Write to a temp file beside `path` and rename it into place only on success,
     so a failed stage never leaves a half-written output behind (and the next run removes what
     a killed one left). The file gets the mode a plain open() would give it."""
@@ -166,6 +166,7 @@ def file_md5(path: Path | str) -> str:
 
 # ---- a stage's inputs must not change under it ----
 
+
 class StageInputsChanged(ValueError):
     """params.yaml or a dependency of the running stage changed while it ran."""
 
@@ -173,10 +174,11 @@ class StageInputsChanged(ValueError):
 _REFERENCE = re.compile(r"\$\{([\w.]+)\}")
 
 
-def _lookup(tree: dict, dotted: str):
+def _lookup(tree: dict, dotted: str) -> Any:
+    node: Any = tree
     for key in dotted.split("."):
-        tree = tree.get(key) if isinstance(tree, dict) else None
-    return tree
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
 
 
 def stage_inputs(stage: str, params_path: Path | str = "params.yaml", dvc_yaml: Path | str = "dvc.yaml") -> dict:
@@ -226,15 +228,19 @@ def check_stage_inputs(stage: str, before: dict, params_path: Path | str = "para
     after = stage_inputs(stage, params_path)
     changed = [key for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
     if changed and changed[0].startswith("params ") and isinstance(before.get(changed[0]), dict):
-        changed[0] = _first_changed_leaf(changed[0], before.get(changed[0]), after.get(changed[0]) or {})
+        changed[0] = _first_changed_leaf(changed[0], before[changed[0]], after.get(changed[0]) or {})
         before, after = _leaf_values(before, changed[0]), _leaf_values(after, changed[0])
     if changed:
-        what = changed[0] if not changed[0].startswith("params ") else \
-            f"{changed[0]} ({before.get(changed[0])!r} -> {after.get(changed[0])!r})"
+        what = (
+            changed[0]
+            if not changed[0].startswith("params ")
+            else f"{changed[0]} ({before.get(changed[0])!r} -> {after.get(changed[0])!r})"
+        )
         more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
         raise StageInputsChanged(
             f"{what}{more} changed while the {stage} stage ran: another run is using this workspace. Nothing was "
-            "recorded for this stage; run experiments side by side with `dvc exp run --queue` or `--temp`")
+            "recorded for this stage; run experiments side by side with `dvc exp run --queue` or `--temp`"
+        )
 
 
 # ---- no second experiment may start in this workspace while a stage runs ----
@@ -278,8 +284,10 @@ def workspace_held(stage: str) -> Iterator[None]:
 
     folder = root / ".dvc" / "tmp" / "exps"  # where `dvc exp` keeps its rwlock
     folder.mkdir(parents=True, exist_ok=True)
-    holder = (f"mna-tune {stage}: a stage is running in this workspace; queue other experiments with "
-              "`dvc exp run --queue`, or start them when it ends")
+    holder = (
+        f"mna-tune {stage}: a stage is running in this workspace; queue other experiments with "
+        "`dvc exp run --queue`, or start them when it ends"
+    )
     with contextlib.ExitStack() as stack:
         for attempt in range(HOLD_ATTEMPTS):
             try:
@@ -287,7 +295,9 @@ def workspace_held(stage: str) -> Iterator[None]:
                 break
             except LockError as busy:
                 if attempt == HOLD_ATTEMPTS - 1:
-                    raise StageInputsChanged(f"the {stage} stage cannot start: another DVC experiment command "
-                                             f"holds this workspace ({' '.join(str(busy).split())})") from None
+                    raise StageInputsChanged(
+                        f"the {stage} stage cannot start: another DVC experiment command "
+                        f"holds this workspace ({' '.join(str(busy).split())})"
+                    ) from None
                 time.sleep(1)
         yield

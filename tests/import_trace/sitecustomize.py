@@ -12,8 +12,14 @@ _TRACE_DIR = os.environ.get("MNA_TUNE_IMPORT_TRACE")
 
 
 def _write_trace() -> None:
-    files = sorted({getattr(module, "__file__", None) or "" for name, module in list(sys.modules.items())
-                    if name == "mna_tune" or name.startswith("mna_tune.")} - {""})
+    files = sorted(
+        {
+            getattr(module, "__file__", None) or ""
+            for name, module in list(sys.modules.items())
+            if name == "mna_tune" or name.startswith("mna_tune.")
+        }
+        - {""}
+    )
     if files:
         with open(os.path.join(_TRACE_DIR, f"{os.getpid()}.json"), "w", encoding="utf-8") as out:
             json.dump({"argv": sys.argv, "files": files}, out)

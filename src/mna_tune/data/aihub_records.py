@@ -22,7 +22,7 @@ _BOM = b"\xef\xbb\xbf"
 def parse_json(unit: Unit) -> Any:
     data = unit.read()
     if data.startswith(_BOM):  # Windows editors write one; it is not part of the JSON
-        data = data[len(_BOM):]
+        data = data[len(_BOM) :]
     try:
         return orjson.loads(data)  # parses the bytes directly: no separate decode pass
     except orjson.JSONDecodeError:
@@ -90,8 +90,11 @@ def other_rows(unit: Unit, docs: Any, stats: dict) -> Iterator[dict | InputError
             category = _category(doc, unit, where)
             contents = doc.get("contents")
             if not isinstance(contents, list):
-                reason = ("missing key 'contents'" if "contents" not in doc
-                          else f"'contents' is {_type_name(contents)}, expected array")
+                reason = (
+                    "missing key 'contents'"
+                    if "contents" not in doc
+                    else f"'contents' is {_type_name(contents)}, expected array"
+                )
                 raise InputError(unit.file, reason, unit.entry, where, doc)
         except InputError as problem:
             yield problem
@@ -104,8 +107,11 @@ def other_rows(unit: Unit, docs: Any, stats: dict) -> Iterator[dict | InputError
                 continue
             if not isinstance(qa_list, list):
                 yield InputError(
-                    unit.file, f"'QA' is {_type_name(qa_list)}, expected array", unit.entry,
-                    f"{where}.contents[{j}]", item,
+                    unit.file,
+                    f"'QA' is {_type_name(qa_list)}, expected array",
+                    unit.entry,
+                    f"{where}.contents[{j}]",
+                    item,
                 )
                 continue
             for k, qa in enumerate(qa_list):
@@ -159,9 +165,18 @@ def other_columns(unit: Unit, docs: Any, stats: dict) -> dict[str, list] | None:
     if without_qa:
         stats["contents_items_without_qa"] = stats.get("contents_items_without_qa", 0) + without_qa
     count = len(question)
-    return {"question": question, "answer": answer, "category": category, "category_main": category_main,
-            "subset": [unit.subset] * count, "kind": ["other"] * count, "file": [unit.file] * count,
-            "entry": [unit.entry] * count, "record": record, "data_id": data_id}
+    return {
+        "question": question,
+        "answer": answer,
+        "category": category,
+        "category_main": category_main,
+        "subset": [unit.subset] * count,
+        "kind": ["other"] * count,
+        "file": [unit.file] * count,
+        "entry": [unit.entry] * count,
+        "record": record,
+        "data_id": data_id,
+    }
 
 
 def _label_records(unit: Unit, obj: Any) -> list | InputError:
@@ -183,8 +198,9 @@ def _rank_one_answer(record: dict, unit: Unit, where: str) -> str:
         if isinstance(ranking, str) and ranking.strip().isdigit():
             ranking = int(ranking)
         if not isinstance(ranking, int) or isinstance(ranking, bool):
-            raise InputError(unit.file, f"'{key}.ranking' is {_type_name(ranking)}, expected integer", unit.entry,
-                             where, record)
+            raise InputError(
+                unit.file, f"'{key}.ranking' is {_type_name(ranking)}, expected integer", unit.entry, where, record
+            )
         if ranking == 1:
             best.append(key)
     if len(best) != 1:
@@ -203,12 +219,14 @@ def label_rows(unit: Unit, obj: Any, kind: str) -> Iterator[dict | InputError]:
         where = f"data_info[{i}]"
         try:
             if not isinstance(record, dict):
-                raise InputError(unit.file, f"record is {_type_name(record)}, expected object", unit.entry, where,
-                                 record)
+                raise InputError(
+                    unit.file, f"record is {_type_name(record)}, expected object", unit.entry, where, record
+                )
             category = _category(record, unit, where)
             question = _text(record, "question", unit, where)
-            answer = _rank_one_answer(record, unit, where) if kind == "rm" else _text(
-                record, "answer.contents", unit, where)
+            answer = (
+                _rank_one_answer(record, unit, where) if kind == "rm" else _text(record, "answer.contents", unit, where)
+            )
         except InputError as problem:
             yield problem
             continue

@@ -21,8 +21,23 @@ import pyarrow.parquet as pq
 from ..workspace import commit_temp, read_jsonl, temp_beside
 
 _TEXT = pa.string()
-EXTRACTED = pa.schema([(name, _TEXT) for name in (
-    "question", "answer", "category", "category_main", "subset", "kind", "file", "entry", "record", "data_id")])
+EXTRACTED = pa.schema(
+    [
+        (name, _TEXT)
+        for name in (
+            "question",
+            "answer",
+            "category",
+            "category_main",
+            "subset",
+            "kind",
+            "file",
+            "entry",
+            "record",
+            "data_id",
+        )
+    ]
+)
 SCORED = EXTRACTED.append(pa.field("score", pa.int32())).append(pa.field("score_reason", _TEXT))
 DROPPED = SCORED.append(pa.field("drop_reason", _TEXT))
 
@@ -39,7 +54,7 @@ class ParquetOut:
     def __init__(self, path: Path | str, schema: pa.Schema):
         self.path, self.schema = Path(path), schema
 
-    def __enter__(self) -> "ParquetOut":
+    def __enter__(self) -> ParquetOut:
         self.tmp = temp_beside(self.path)  # named after this process; a killed run's leftovers go first
         self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
         return self

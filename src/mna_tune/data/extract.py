@@ -68,8 +68,9 @@ def read_unit(unit: Unit) -> UnitResult:
     stats: dict = {}
     columns = other_columns(unit, parsed, stats) if kind == "other" else None
     if columns is not None:  # the usual case for the bulk of the download
-        return UnitResult(unit, kind, pa.Table.from_pydict(columns, schema=EXTRACTED), Counter(columns["category"]),
-                          stats=stats)
+        return UnitResult(
+            unit, kind, pa.Table.from_pydict(columns, schema=EXTRACTED), Counter(columns["category"]), stats=stats
+        )
     stats = {}
     items = other_rows(unit, parsed, stats) if kind == "other" else label_rows(unit, parsed, kind)
     rows, rejects = [], []
@@ -86,8 +87,13 @@ class ExtractTally:
 
     def __init__(self) -> None:
         self.shadowed: list[str] = []
-        self.report: dict[str, list] = {"qa_units": [], "source_files": [], "ignored_files": [],
-                                        "unrecognised_files": [], "shadowed_folders": self.shadowed}
+        self.report: dict[str, list] = {
+            "qa_units": [],
+            "source_files": [],
+            "ignored_files": [],
+            "unrecognised_files": [],
+            "shadowed_folders": self.shadowed,
+        }
         self.by_kind: Counter = Counter()
         self.by_subset: Counter = Counter()
         self.by_category: Counter = Counter()
@@ -104,8 +110,9 @@ class ExtractTally:
         self.by_kind[result.kind] += result.count
         self.by_subset[unit.subset] += result.count
         self.by_category.update(result.by_category)
-        self.report["qa_units"].append({"unit": unit.where, "kind": result.kind, "subset": unit.subset,
-                                        "rows": result.count})
+        self.report["qa_units"].append(
+            {"unit": unit.where, "kind": result.kind, "subset": unit.subset, "rows": result.count}
+        )
 
     def metrics(self) -> dict:
         return {
@@ -163,8 +170,10 @@ def run_extract(aihub_dir: Path, on_error: str, paths: ExtractPaths, processes: 
     metrics = tally.metrics()
     write_json(paths.report, tally.report)
     write_json(paths.summary, metrics)
-    print(f"extract: {metrics['rows']} QA rows from {metrics['qa_files']} files, {tally.rejected} rejected, "
-          f"{metrics['source_files_skipped']} non-QA source files skipped")
+    print(
+        f"extract: {metrics['rows']} QA rows from {metrics['qa_files']} files, {tally.rejected} rejected, "
+        f"{metrics['source_files_skipped']} non-QA source files skipped"
+    )
     return metrics
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import unicodedata
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -58,8 +59,10 @@ def pre_score_drop_reason(row: dict, params: FilterParams, excluded: set[str]) -
         return "chat_markers", hidden
     if question == answer:
         return "echo", hidden
-    for field, text, low, high in (("question", question, params.min_question_chars, params.max_question_chars),
-                                   ("answer", answer, params.min_answer_chars, params.max_answer_chars)):
+    for field, text, low, high in (
+        ("question", question, params.min_question_chars, params.max_question_chars),
+        ("answer", answer, params.min_answer_chars, params.max_answer_chars),
+    ):
         if len(text) < low:
             return f"{field}_too_short", hidden
         if len(text) > high:
@@ -161,8 +164,9 @@ def run_filter(params: FilterParams, source: Path, paths: FilterPaths, processes
             chunks = read_batches(source, SCORE_CHUNK_ROWS)
         else:
             chunks = _line_chunks(source, SCORE_CHUNK_ROWS)
-        for result in ordered_map(filter_chunk, chunks, processes, initializer=_init_worker,
-                                  initargs=(scorer, params, excluded, str(source))):
+        for result in ordered_map(
+            filter_chunk, chunks, processes, initializer=_init_worker, initargs=(scorer, params, excluded, str(source))
+        ):
             kept_out.write(result["kept"])
             dropped_out.write(result["dropped"])
             dropped.update(result["dropped_counts"])
@@ -178,7 +182,7 @@ def run_filter(params: FilterParams, source: Path, paths: FilterPaths, processes
                 f"filter kept 0 of {rows_in} rows from {source} (removed: {steps or 'nothing'}); "
                 f"loosen filter.min_score ({params.min_score}) or filter.exclude_categories"
             )
-    metrics = {
+    metrics: dict[str, Any] = {
         "rows_in": rows_in,
         "rows_kept": kept,
         "dropped": {reason: dropped[reason] for reason in DROP_REASONS},
@@ -188,8 +192,10 @@ def run_filter(params: FilterParams, source: Path, paths: FilterPaths, processes
         "invisible_characters": invisible["invisible_characters"],
     }
     write_json(paths.summary, metrics)
-    print(f"filter: kept {kept} of {rows_in} rows; dropped "
-          + ", ".join(f"{reason} {count}" for reason, count in metrics["dropped"].items() if count))
+    print(
+        f"filter: kept {kept} of {rows_in} rows; dropped "
+        + ", ".join(f"{reason} {count}" for reason, count in metrics["dropped"].items() if count)
+    )
     return metrics
 
 

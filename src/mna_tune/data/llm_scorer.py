@@ -111,12 +111,14 @@ class LlmScorer:
     def from_params(
         cls, params: FilterParams, environ: Mapping[str, str] = os.environ, *, backoff_s: float = 1.0
     ) -> LlmScorer:
-        endpoint = Endpoint.from_env(environ, [(ENV_BASE_URL, ENV_MODEL, ENV_API_KEY)],
-                                     "filter.scorer is 'llm'", LlmConfigError)
+        endpoint = Endpoint.from_env(
+            environ, [(ENV_BASE_URL, ENV_MODEL, ENV_API_KEY)], "filter.scorer is 'llm'", LlmConfigError
+        )
         cache = Path(params.llm_cache_path)
         return cls(
-            client=ChatClient(endpoint, concurrency=params.llm_concurrency, timeout_s=params.llm_timeout_s,
-                              backoff_s=backoff_s),
+            client=ChatClient(
+                endpoint, concurrency=params.llm_concurrency, timeout_s=params.llm_timeout_s, backoff_s=backoff_s
+            ),
             template=load_template(params.llm_prompt_path),
             # under the repository root, so `dvc exp run --temp/--queue` copies share one cache
             cache_path=cache if cache.is_absolute() else project_root() / cache,
@@ -129,17 +131,17 @@ class LlmScorer:
     def score(self, question: str, answer: str, where: str | None = None) -> tuple[int, str]:
         return self.score_batch([(question, answer)], None if where is None else [where])[0]
 
-    def score_batch(
-        self, pairs: list[tuple[str, str]], wheres: list[str] | None = None
-    ) -> list[tuple[int, str]]:
+    def score_batch(self, pairs: list[tuple[str, str]], wheres: list[str] | None = None) -> list[tuple[int, str]]:
         """Scores in input order. Cached rows cost nothing; the rest go out concurrently and
         each result is committed to the cache as it arrives, so an interrupted run keeps them."""
         if wheres is not None and len(wheres) != len(pairs):
             raise ValueError(f"score_batch got {len(pairs)} rows but {len(wheres)} labels")
         keys = [cache_key(self.model, self.template, question, answer) for question, answer in pairs]
         with open_cache(self.cache_path, _SCHEMA, "score cache", "re-score every row") as db:
-            cache = {key: (score, reason) for key, score, reason in
-                     select_keys(db, "SELECT key, score, reason FROM scores WHERE key IN", keys)}
+            cache = {
+                key: (score, reason)
+                for key, score, reason in select_keys(db, "SELECT key, score, reason FROM scores WHERE key IN", keys)
+            }
             todo: dict[str, int] = {}  # key -> first row index; identical rows are asked once
             for index, key in enumerate(keys):
                 if key not in cache and key not in todo:
@@ -148,12 +150,19 @@ class LlmScorer:
             def ask_one(client: httpx.Client, key: str) -> tuple[int, str]:
                 index = todo[key]
                 where = wheres[index] if wheres is not None else f"row {index + 1} of the batch"
-                return self.client.ask(client, lambda: self.client.body(render_prompt(self.template, *pairs[index])),
-                                       self._read, "score", lambda detail: LlmScoringError(f"{where}: {detail}"))
+                return self.client.ask(
+                    client,
+                    lambda: self.client.body(render_prompt(self.template, *pairs[index])),
+                    self._read,
+                    "score",
+                    lambda detail: LlmScoringError(f"{where}: {detail}"),
+                )
 
             def keep(key: str, scored: tuple[int, str]) -> None:
-                db.execute("INSERT OR REPLACE INTO scores (key, score, reason, model) VALUES (?, ?, ?, ?)",
-                           (key, *scored, self.model))
+                db.execute(
+                    "INSERT OR REPLACE INTO scores (key, score, reason, model) VALUES (?, ?, ?, ?)",
+                    (key, *scored, self.model),
+                )
                 cache[key] = scored
 
             if todo:
@@ -163,8 +172,10 @@ class LlmScorer:
     def _read(self, content: str) -> tuple[int, str]:
         scored = parse_reply(content)
         if scored is None:
-            raise Retryable("no JSON object with an integer 'score' in 0..100 and a string 'reason' "
-                            f"in the reply: {self.client.quote(content)}")
+            raise Retryable(
+                "no JSON object with an integer 'score' in 0..100 and a string 'reason' "
+                f"in the reply: {self.client.quote(content)}"
+            )
         score, reason = scored
         return score, self.client.scrub(reason)  # the reason is stored and ends up in the filter outputs
 

@@ -51,8 +51,14 @@ UNIQUE, DUPLICATE, MARKED = 0, 1, 2
 def _raw_rows(mna_rows: list[dict], mna_path: Path, aihub_rows: Path) -> Iterator[tuple]:
     """(source, category, question, answer, origin, invisible characters already removed), M&A first."""
     for row in mna_rows:  # read_mna cleaned these (cleaning again changes nothing)
-        yield "mna", MNA_CATEGORY, row["question"], row["answer"], {"file": str(mna_path), "record": row["record"]}, \
-            row["invisible"]
+        yield (
+            "mna",
+            MNA_CATEGORY,
+            row["question"],
+            row["answer"],
+            {"file": str(mna_path), "record": row["record"]},
+            row["invisible"],
+        )
     for row in read_rows(aihub_rows):
         origin = {key: row[key] for key in ("file", "entry", "record", "subset", "kind")}
         origin["score"] = row.get("score")
@@ -81,8 +87,15 @@ def _clean(chunk: list[tuple[str, str]], vectors: bool) -> tuple[list[tuple], np
     for question, answer in chunk:
         clean_question, clean_answer = clean_text(question), clean_text(answer)
         found = CHAT_MARKER.search(clean_question) or CHAT_MARKER.search(clean_answer)
-        out.append((clean_question, clean_answer, content_id(clean_question, clean_answer),
-                    found.group(0) if found else None, invisible_count(question) + invisible_count(answer)))
+        out.append(
+            (
+                clean_question,
+                clean_answer,
+                content_id(clean_question, clean_answer),
+                found.group(0) if found else None,
+                invisible_count(question) + invisible_count(answer),
+            )
+        )
     if not vectors:
         return out, None, None
     indptr, indices = vectorize_chunk([row[0] for row in out])
@@ -102,15 +115,26 @@ def collapse_near_duplicates(rows: list[dict], threshold: float) -> tuple[list[d
 
     questions = [question_of(row["messages"]) for row in rows]
     keeper, similarity, _, _ = greedy_keepers(distinct_items(questions), threshold)
-    collapsed = [{"kept_id": rows[k]["id"], "kept_source": rows[k]["source"], "kept_question": questions[k],
-                  "removed_id": rows[j]["id"], "removed_source": rows[j]["source"], "removed_question": questions[j],
-                  "similarity": float(similarity[j]), "origin": rows[j].get("origin")}
-                 for j, k in enumerate(keeper.tolist()) if k >= 0]
+    collapsed = [
+        {
+            "kept_id": rows[k]["id"],
+            "kept_source": rows[k]["source"],
+            "kept_question": questions[k],
+            "removed_id": rows[j]["id"],
+            "removed_source": rows[j]["source"],
+            "removed_question": questions[j],
+            "similarity": float(similarity[j]),
+            "origin": rows[j].get("origin"),
+        }
+        for j, k in enumerate(keeper.tolist())
+        if k >= 0
+    ]
     return [row for row, k in zip(rows, keeper.tolist()) if k < 0], collapsed
 
 
-def run_merge(mna_path: Path, aihub_rows: Path, params: MergeParams, paths: MergePaths,
-              processes: int | None = None) -> dict:
+def run_merge(
+    mna_path: Path, aihub_rows: Path, params: MergeParams, paths: MergePaths, processes: int | None = None
+) -> dict:
     mna_rows = read_mna(Path(mna_path))
     aihub_rows = require_input(aihub_rows, "filter", "the filtered rows")
     processes = processes or default_processes()
@@ -120,8 +144,15 @@ def run_merge(mna_path: Path, aihub_rows: Path, params: MergeParams, paths: Merg
         return _merge(mna_rows, Path(mna_path), aihub_rows, threshold, paths, processes, pool)
 
 
-def _merge(mna_rows: list[dict], mna_path: Path, aihub_rows: Path, threshold: float | None, paths: MergePaths,
-           processes: int, pool) -> dict:
+def _merge(
+    mna_rows: list[dict],
+    mna_path: Path,
+    aihub_rows: Path,
+    threshold: float | None,
+    paths: MergePaths,
+    processes: int,
+    pool,
+) -> dict:
     # first pass: chat markers, exact duplicates (written as they come), the questions' vectors
     status = bytearray()  # per row: UNIQUE, DUPLICATE or MARKED
     sources: list[str] = []  # per row
@@ -142,8 +173,10 @@ def _merge(mna_rows: list[dict], mna_path: Path, aihub_rows: Path, threshold: fl
             marks = [marker for _, marker, _ in cleaned]
             plain = np.asarray([marker is None for marker in marks], bool)
             first = np.full(len(batch), -1, np.int64)
-            first[plain] = seen.first(np.asarray([int(row_id, 16) for (row_id, marker, _) in cleaned
-                                                  if marker is None], np.uint64), rows[plain])
+            first[plain] = seen.first(
+                np.asarray([int(row_id, 16) for (row_id, marker, _) in cleaned if marker is None], np.uint64),
+                rows[plain],
+            )
             unique = plain & (first == rows)
             for index, ((row_id, marker, hidden), (source, _, _, _, origin, removed)) in enumerate(zip(cleaned, batch)):
                 rows_in[source] += 1
@@ -153,13 +186,32 @@ def _merge(mna_rows: list[dict], mna_path: Path, aihub_rows: Path, threshold: fl
                     invisible["characters"] += hidden + removed
                 if marker is not None:
                     marked[source] += 1
-                    duplicates_out.write(dumps_line({"reason": "chat_markers", "marker": marker, "id": None,
-                                                     "kept_source": None, "source": source, "origin": origin}))
+                    duplicates_out.write(
+                        dumps_line(
+                            {
+                                "reason": "chat_markers",
+                                "marker": marker,
+                                "id": None,
+                                "kept_source": None,
+                                "source": source,
+                                "origin": origin,
+                            }
+                        )
+                    )
                 elif not unique[index]:
                     kept_source = sources[first[index]]
                     duplicates[f"{kept_source}->{source}"] += 1
-                    duplicates_out.write(dumps_line({"reason": "exact_duplicate", "id": row_id,
-                                                     "kept_source": kept_source, "source": source, "origin": origin}))
+                    duplicates_out.write(
+                        dumps_line(
+                            {
+                                "reason": "exact_duplicate",
+                                "id": row_id,
+                                "kept_source": kept_source,
+                                "source": source,
+                                "origin": origin,
+                            }
+                        )
+                    )
             status.extend(np.where(unique, UNIQUE, np.where(plain, DUPLICATE, MARKED)).astype(np.uint8).tobytes())
             if threshold is not None and unique.any():
                 builder.add(*gather_rows(indptr, indices, np.flatnonzero(unique)))
@@ -183,16 +235,26 @@ def _merge(mna_rows: list[dict], mna_path: Path, aihub_rows: Path, threshold: fl
     near: Counter = Counter()
     unique = 0
     waiting.clear()
-    rows = (row for row, state in zip(_raw_rows(mna_rows, mna_path, aihub_rows), status) if state == UNIQUE)
+    rows_to_clean = (row for row, state in zip(_raw_rows(mna_rows, mna_path, aihub_rows), status) if state == UNIQUE)
     work = partial(_clean, vectors=False)
     with atomic_open(paths.rows) as rows_out, atomic_open(paths.near_duplicates) as near_out:
-        for cleaned in ordered_map(work, _chunks(rows, waiting), processes, pool=pool):
-            for (question, answer, row_id, _, _), (source, category, _, _, origin, _) in zip(cleaned[0],
-                                                                                           waiting.popleft()):
+        for cleaned in ordered_map(work, _chunks(rows_to_clean, waiting), processes, pool=pool):
+            for (question, answer, row_id, _, _), (source, category, _, _, origin, _) in zip(
+                cleaned[0], waiting.popleft()
+            ):
                 keeper_row = int(keeper[unique])
                 if keeper_row < 0:
-                    rows_out.write(dumps_line({"id": row_id, "source": source, "category": category,
-                                               "messages": build_messages(question, answer), "origin": origin}))
+                    rows_out.write(
+                        dumps_line(
+                            {
+                                "id": row_id,
+                                "source": source,
+                                "category": category,
+                                "messages": build_messages(question, answer),
+                                "origin": origin,
+                            }
+                        )
+                    )
                     kept[source] += 1
                     if pending[unique]:
                         remembered[unique] = (row_id, source, question)
@@ -202,10 +264,20 @@ def _merge(mna_rows: list[dict], mna_path: Path, aihub_rows: Path, threshold: fl
                     if not pending[keeper_row]:
                         del remembered[keeper_row]
                     near[f"{kept_source}->{source}"] += 1
-                    near_out.write(dumps_line({"kept_id": kept_id, "kept_source": kept_source,
-                                               "kept_question": kept_question, "removed_id": row_id,
-                                               "removed_source": source, "removed_question": question,
-                                               "similarity": float(similarity[unique]), "origin": origin}))
+                    near_out.write(
+                        dumps_line(
+                            {
+                                "kept_id": kept_id,
+                                "kept_source": kept_source,
+                                "kept_question": kept_question,
+                                "removed_id": row_id,
+                                "removed_source": source,
+                                "removed_question": question,
+                                "similarity": float(similarity[unique]),
+                                "origin": origin,
+                            }
+                        )
+                    )
                 unique += 1
     metrics = {
         "rows_in": dict(sorted(rows_in.items())),
@@ -224,11 +296,16 @@ def _merge(mna_rows: list[dict], mna_path: Path, aihub_rows: Path, threshold: fl
         "near_duplicate_search": search,
     }
     write_json(paths.summary, metrics)
-    print(f"merge: {metrics['rows_out']} chat rows ({dict(kept)}), {metrics['exact_duplicates_removed']} exact and "
-          f"{metrics['near_duplicates_removed']} near duplicates removed"
-          + (f", {sum(marked.values())} rows with chat markers dropped" if marked else "")
-          + ("" if not search or search["exact"] else
-             f"; near-duplicate search bounded: {search['candidate_pairs_skipped']} candidate pairs skipped"))
+    print(
+        f"merge: {metrics['rows_out']} chat rows ({dict(kept)}), {metrics['exact_duplicates_removed']} exact and "
+        f"{metrics['near_duplicates_removed']} near duplicates removed"
+        + (f", {sum(marked.values())} rows with chat markers dropped" if marked else "")
+        + (
+            ""
+            if not search or search["exact"]
+            else f"; near-duplicate search bounded: {search['candidate_pairs_skipped']} candidate pairs skipped"
+        )
+    )
     return metrics
 
 

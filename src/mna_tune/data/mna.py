@@ -46,7 +46,13 @@ def read_mna(path: Path) -> list[dict]:
         source = record.get("source", "")
         if not isinstance(source, str):
             raise InputError(name, f"'source' is {type(source).__name__}, expected string", record=where)
-        rows.append({"question": clean_text(record["question"]), "answer": clean_text(record["answer"]),
-                     "source_text": source, "record": where,
-                     "invisible": invisible_count(record["question"]) + invisible_count(record["answer"])})
+        rows.append(
+            {
+                "question": clean_text(record["question"]),
+                "answer": clean_text(record["answer"]),
+                "source_text": source,
+                "record": where,
+                "invisible": invisible_count(record["question"]) + invisible_count(record["answer"]),
+            }
+        )
     return rows

@@ -48,10 +48,15 @@ def worker_pool(processes: int) -> Iterator[Any]:
         yield pool
 
 
-def ordered_map(func: Callable[[Any], Any], items: Iterable[Any], processes: int,
-                passthrough: Callable[[Any], bool] = lambda item: False,
-                initializer: Callable[..., None] | None = None, initargs: tuple = (),
-                pool: Any = None) -> Iterator[Any]:
+def ordered_map(
+    func: Callable[[Any], Any],
+    items: Iterable[Any],
+    processes: int,
+    passthrough: Callable[[Any], bool] = lambda item: False,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple = (),
+    pool: Any = None,
+) -> Iterator[Any]:
     """func(item) for each item, in input order, on `processes` forked workers (or on `pool`,
     from worker_pool), with at most 2 x processes items in flight, so results never pile up
     beyond that. Items for which `passthrough` is true come out unchanged without visiting a

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from ..chat import training_pair
 from ..params import Params, SplitPaths
@@ -30,11 +31,14 @@ def length_stats(lengths: list[int], max_length: int) -> dict:
     return {
         "rows": len(ordered),
         "mean": round(sum(ordered) / len(ordered), 1) if ordered else 0.0,
-        "p50": _percentile(ordered, 0.5), "p90": _percentile(ordered, 0.9), "p99": _percentile(ordered, 0.99),
+        "p50": _percentile(ordered, 0.5),
+        "p90": _percentile(ordered, 0.9),
+        "p99": _percentile(ordered, 0.99),
         "max": ordered[-1] if ordered else 0,
         "longer_than_max_length": sum(length > max_length for length in ordered),
         "share_longer_than_max_length": round(sum(length > max_length for length in ordered) / len(ordered), 4)
-        if ordered else 0.0,
+        if ordered
+        else 0.0,
     }
 
 
@@ -84,16 +88,23 @@ def write_data_report(params: Params, tokenizer=None) -> dict:
         from ..qwen_tokenizer import build_qwen3_tokenizer
 
         tokenizer = build_qwen3_tokenizer()
-    return _write_report(params.train.max_length, params.paths.split, tokenizer, {
-        "extract": params.paths.extract.summary, "filter": params.paths.filter.summary,
-        "merge": params.paths.merge.rows})
+    return _write_report(
+        params.train.max_length,
+        params.paths.split,
+        tokenizer,
+        {
+            "extract": params.paths.extract.summary,
+            "filter": params.paths.filter.summary,
+            "merge": params.paths.merge.rows,
+        },
+    )
 
 
 def _write_report(max_length: int, paths: SplitPaths, tokenizer, upstream: dict[str, Path]) -> dict:
-    splits = {name: Counter() for name in ("train", "val", "test")}
+    splits: dict[str, Counter] = {name: Counter() for name in ("train", "val", "test")}
     lengths = {name: _split_lengths(tokenizer, getattr(paths, name), splits[name]) for name in splits}
     stage_rows = _stage_rows(upstream, splits)
-    report = {
+    report: dict[str, Any] = {
         "max_length": max_length,
         "token_lengths": {name: length_stats(values, max_length) for name, values in lengths.items()},
         "rows_by_stage": {stage: sum(counts.values()) for stage, counts in stage_rows.items()},
@@ -109,9 +120,14 @@ def _write_report(max_length: int, paths: SplitPaths, tokenizer, upstream: dict[
     with atomic_open(paths.lengths_plot) as out:  # rows per 32-token bin (upper edge), one column per split
         out.write("tokens,train,val,test\n")
         for bucket in range(last + 1):
-            out.write(f"{(bucket + 1) * BIN_TOKENS}," + ",".join(str(histograms[name].get(bucket, 0))
-                                                              for name in ("train", "val", "test")) + "\n")
+            out.write(
+                f"{(bucket + 1) * BIN_TOKENS},"
+                + ",".join(str(histograms[name].get(bucket, 0)) for name in ("train", "val", "test"))
+                + "\n"
+            )
     train = report["token_lengths"]["train"]
-    print(f"data report: train tokens p50 {train['p50']}, p99 {train['p99']}, max {train['max']}; "
-          f"{train['longer_than_max_length']} train rows longer than train.max_length {max_length}")
+    print(
+        f"data report: train tokens p50 {train['p50']}, p99 {train['p99']}, max {train['max']}; "
+        f"{train['longer_than_max_length']} train rows longer than train.max_length {max_length}"
+    )
     return report

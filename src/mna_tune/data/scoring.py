@@ -8,9 +8,10 @@ batches through `score_batch`, which it sends concurrently.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InputError
 from ..lexicon import Lexicon
@@ -27,7 +28,7 @@ class Scorer(Protocol):
 
     def score_batch(
         self, pairs: list[tuple[str, str]], wheres: list[str] | None = None
-    ) -> list[tuple[int, str] | None]:
+    ) -> Sequence[tuple[int, str] | None]:
         """score() for each (question, answer), in input order. `wheres` optionally labels
         each row ("file :: entry :: record") for scorers that can fail on one row."""
 
@@ -41,7 +42,7 @@ class LexiconScorer:
     lexicon: Lexicon
 
     @classmethod
-    def from_tsv(cls, path: Path) -> "LexiconScorer":
+    def from_tsv(cls, path: Path) -> LexiconScorer:
         return cls(Lexicon.from_tsv(path))
 
     def score(self, question: str, answer: str) -> tuple[int, str]:
@@ -52,9 +53,7 @@ class LexiconScorer:
             return 0, "no domain terms"
         return _step5(sum(weights[term] for term in found)), ", ".join(f"{term}(+{weights[term]})" for term in found)
 
-    def score_batch(
-        self, pairs: list[tuple[str, str]], wheres: list[str] | None = None
-    ) -> list[tuple[int, str]]:
+    def score_batch(self, pairs: list[tuple[str, str]], wheres: list[str] | None = None) -> list[tuple[int, str]]:
         return [self.score(question, answer) for question, answer in pairs]
 
 
@@ -63,7 +62,7 @@ class ColumnScorer:
     labels: dict[tuple[str, str], tuple[int, str]]
 
     @classmethod
-    def from_csv(cls, path: Path) -> "ColumnScorer":
+    def from_csv(cls, path: Path) -> ColumnScorer:
         import pandas as pd  # only the column scorer needs it
 
         try:
@@ -74,6 +73,7 @@ class ColumnScorer:
         if missing:
             raise InputError(str(path), f"missing column(s) {sorted(missing)}; found {list(frame.columns)}")
         labels: dict[tuple[str, str], tuple[int, str]] = {}
+        row: Any  # a pandas row tuple: its fields are the CSV columns
         for index, row in enumerate(frame.itertuples(index=False), start=2):  # line 1 is the header
             try:
                 value = float(row.score)
@@ -84,8 +84,9 @@ class ColumnScorer:
             key = (match_key(row.question), match_key(row.answer))
             reason = getattr(row, "reason", "") or "labelled score"
             if key in labels and labels[key][0] != round(value):
-                raise InputError(str(path), "the same question and answer carry two different scores",
-                                 record=f"line {index}")
+                raise InputError(
+                    str(path), "the same question and answer carry two different scores", record=f"line {index}"
+                )
             labels[key] = (round(value), reason)
         return cls(labels)
 
@@ -98,9 +99,7 @@ class ColumnScorer:
         return [self.score(question, answer) for question, answer in pairs]
 
 
-def make_scorer(
-    kind: str, lexicon_path: Path, scores_path: Path | None, params: FilterParams | None = None
-) -> Scorer:
+def make_scorer(kind: str, lexicon_path: Path, scores_path: Path | None, params: FilterParams | None = None) -> Scorer:
     """`params` (the whole filter section) is needed only by the `llm` scorer."""
     if kind == "lexicon":
         return LexiconScorer.from_tsv(lexicon_path)

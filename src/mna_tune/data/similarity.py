@@ -58,8 +58,15 @@ NEAR_PAIRS = 10_000_000  # near pairs merge holds in full; beyond, a few per ite
 def _vectorizer():
     from sklearn.feature_extraction.text import HashingVectorizer
 
-    return HashingVectorizer(analyzer="char_wb", ngram_range=(2, 3), n_features=N_FEATURES, alternate_sign=False,
-                             binary=True, norm=None, lowercase=True)
+    return HashingVectorizer(
+        analyzer="char_wb",
+        ngram_range=(2, 3),
+        n_features=N_FEATURES,
+        alternate_sign=False,
+        binary=True,
+        norm=None,
+        lowercase=True,
+    )
 
 
 def vectorize(texts: Sequence[str]):
@@ -67,6 +74,7 @@ def vectorize(texts: Sequence[str]):
 
 
 # ---- distinct items ----
+
 
 def _mix(values: np.ndarray, seed: int) -> np.ndarray:
     """splitmix64 of each value (uint64 arithmetic wraps): a fixed pseudo-random hash."""
@@ -110,7 +118,7 @@ def vectorize_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         matrix = _vectorizer().transform(unseen)
         matrix.sort_indices()
         for row, word in enumerate(unseen):
-            _WORDS[word] = tuple(matrix.indices[matrix.indptr[row]:matrix.indptr[row + 1]].tolist())
+            _WORDS[word] = tuple(matrix.indices[matrix.indptr[row] : matrix.indptr[row + 1]].tolist())
     features = [_WORDS[word] for word in local]
     word_length = np.fromiter(map(len, features), np.int64, count=len(features))
     word_start = np.concatenate([np.zeros(1, np.int64), np.cumsum(word_length)])[:-1]
@@ -276,11 +284,16 @@ class ItemsBuilder:
         at = 0
         while self.pieces:  # piece by piece, each freed once copied: never two copies of all vectors
             piece = self.pieces.pop(0)
-            indices[at:at + len(piece)] = piece
+            indices[at : at + len(piece)] = piece
             at += len(piece)
             del piece
-        items = Items(np.concatenate(self.pointers), indices, item_of_row, first_row,
-                      np.bincount(item_of_row, minlength=len(first_row)))
+        items = Items(
+            np.concatenate(self.pointers),
+            indices,
+            item_of_row,
+            first_row,
+            np.bincount(item_of_row, minlength=len(first_row)),
+        )
         self.__init__()
         return items
 
@@ -324,6 +337,7 @@ def map_large_arrays() -> None:
 
 # ---- the bounded pair search ----
 
+
 @dataclass
 class SearchStats:
     items: int = 0
@@ -340,9 +354,14 @@ class SearchStats:
         return self.skipped_pairs == 0
 
     def as_metrics(self) -> dict:
-        return {"exact": self.exact, "distinct_questions": self.items, "candidate_pairs": self.candidate_pairs,
-                "candidate_pairs_skipped": self.skipped_pairs, "capped_ngram_lists": self.capped_lists,
-                "largest_ngram_list": self.largest_list}
+        return {
+            "exact": self.exact,
+            "distinct_questions": self.items,
+            "candidate_pairs": self.candidate_pairs,
+            "candidate_pairs_skipped": self.skipped_pairs,
+            "capped_ngram_lists": self.capped_lists,
+            "largest_ngram_list": self.largest_list,
+        }
 
 
 @dataclass
@@ -373,7 +392,7 @@ def _prefixes(items: Items, threshold: float) -> tuple[np.ndarray, np.ndarray, n
     sizes = items.sizes
     document_frequency = np.zeros(N_FEATURES, np.int64)
     for start in range(0, len(items.indices), PREFIX_CHUNK):  # bincount copies its input as int64: in pieces
-        document_frequency += np.bincount(items.indices[start:start + PREFIX_CHUNK], minlength=N_FEATURES)
+        document_frequency += np.bincount(items.indices[start : start + PREFIX_CHUNK], minlength=N_FEATURES)
     keep = np.maximum(sizes - np.ceil(threshold * threshold * sizes - 1e-9).astype(np.int64) + 1, 0)
     keep = np.minimum(keep, sizes)
     pre_indptr = np.concatenate([np.zeros(1, np.int64), np.cumsum(keep)])
@@ -386,15 +405,15 @@ def _prefixes(items: Items, threshold: float) -> tuple[np.ndarray, np.ndarray, n
         end = int(np.searchsorted(items.indptr, items.indptr[start] + PREFIX_CHUNK, side="right"))
         end = min(max(end - 1, start + 1), items.count)
         base = items.indptr[start]
-        segment = items.indices[base:items.indptr[end]]
+        segment = items.indices[base : items.indptr[end]]
         owner = np.repeat(np.arange(start, end), sizes[start:end])
-        order = _order((owner - start, end - start), (document_frequency[segment], items.count),
-                       (segment, N_FEATURES - 1))
+        order = _order(
+            (owner - start, end - start), (document_frequency[segment], items.count), (segment, N_FEATURES - 1)
+        )
         rank = np.arange(len(segment)) - (items.indptr[owner] - base)
         chosen = rank < keep[owner]
         chosen_features = segment[order][chosen]
-        chosen_owner = owner[chosen]
-        features[pre_indptr[start]:pre_indptr[end]] = chosen_features
+        features[pre_indptr[start] : pre_indptr[end]] = chosen_features
         hashed = _mix(chosen_features, 3)
         owners = np.flatnonzero(keep[start:end]) + start  # items with a prefix, in order
         if len(owners):
@@ -415,13 +434,13 @@ def _lists(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     index = np.int32 if len(features) < 2**31 else np.int64
     counts = np.zeros(N_FEATURES, np.int64)
     for start in range(0, len(features), PREFIX_CHUNK):
-        counts += np.bincount(features[start:start + PREFIX_CHUNK], minlength=N_FEATURES)
+        counts += np.bincount(features[start : start + PREFIX_CHUNK], minlength=N_FEATURES)
     present = np.flatnonzero(counts)
     begin = np.concatenate([np.zeros(1, np.int64), np.cumsum(counts)])
     fill = begin[:-1].copy()  # the next free place of each n-gram's list
     order = np.empty(len(features), index)
     for start in range(0, len(features), PREFIX_CHUNK):
-        chunk = features[start:start + PREFIX_CHUNK]
+        chunk = features[start : start + PREFIX_CHUNK]
         by_feature = np.argsort(chunk, kind="stable")
         ordered = chunk[by_feature]
         new = np.concatenate([[True], ordered[1:] != ordered[:-1]])
@@ -459,8 +478,9 @@ def _plan(items: Items, threshold: float, budget: int, stats: SearchStats) -> _P
     del features
     members = np.empty(len(order), np.int32)  # each place's item, PREFIX_CHUNK places at a time
     for start in range(0, len(order), PREFIX_CHUNK):
-        members[start:start + PREFIX_CHUNK] = np.searchsorted(pre_indptr, order[start:start + PREFIX_CHUNK],
-                                                              side="right") - 1
+        members[start : start + PREFIX_CHUNK] = (
+            np.searchsorted(pre_indptr, order[start : start + PREFIX_CHUNK], side="right") - 1
+        )
     list_sizes = np.diff(list_start)
     cap, per_entry = _plan_caps(list_sizes, budget)
     capped = list_sizes > cap if cap is not None else np.zeros(len(list_sizes), bool)
@@ -498,10 +518,11 @@ def _plan(items: Items, threshold: float, budget: int, stats: SearchStats) -> _P
     stats.largest_list = int(list_sizes.max()) if len(list_sizes) else 0
     position = np.empty(len(order), order.dtype)  # each entry's place: the inverse of order
     for start in range(0, len(order), PREFIX_CHUNK):
-        position[order[start:start + PREFIX_CHUNK]] = np.arange(start, min(start + PREFIX_CHUNK, len(order)))
+        position[order[start : start + PREFIX_CHUNK]] = np.arange(start, min(start + PREFIX_CHUNK, len(order)))
     del order
-    plan = _Plan(threshold, items.sizes, pre_indptr, position, members, list_start, capped, pivot_max, window,
-                 _sketch(items))
+    plan = _Plan(
+        threshold, items.sizes, pre_indptr, position, members, list_start, capped, pivot_max, window, _sketch(items)
+    )
     plan.work = _work_per_item(plan)
     return plan
 
@@ -513,7 +534,7 @@ def _sketch(items: Items) -> np.ndarray:
     step = max(1, PREFIX_CHUNK // SKETCH)
     for start in range(0, items.count, step):
         end = min(start + step, items.count)
-        segment = items.indices[items.indptr[start]:items.indptr[end]]
+        segment = items.indices[items.indptr[start] : items.indptr[end]]
         owner = np.repeat(np.arange(end - start), items.sizes[start:end])
         bucket = (_mix(segment, 5) & np.uint64(SKETCH - 1)).astype(np.int64)
         counts = np.bincount(owner * SKETCH + bucket, minlength=(end - start) * SKETCH)
@@ -585,7 +606,7 @@ def _block_candidates(plan: _Plan, first: int, last: int) -> tuple[np.ndarray, n
     piece of at most about BLOCK_PAIRS at a time (an item that is a pivot of long lists makes
     many)."""
     entries = np.arange(plan.pre_indptr[first], plan.pre_indptr[last])
-    anchor = np.repeat(np.arange(first, last), np.diff(plan.pre_indptr[first:last + 1]))
+    anchor = np.repeat(np.arange(first, last), np.diff(plan.pre_indptr[first : last + 1]))
     cumulative = np.cumsum(_entry_work(plan, entries))
     pieces, start = [], 0
     while start < len(entries):
@@ -608,7 +629,7 @@ def _search_block(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.n
     left, right = left[possible], right[possible]
     similarity = np.zeros(len(left), np.float64)
     for start in range(0, len(left), CHUNK_PAIRS):
-        a, b = left[start:start + CHUNK_PAIRS], right[start:start + CHUNK_PAIRS]
+        a, b = left[start : start + CHUNK_PAIRS], right[start : start + CHUNK_PAIRS]
         if plan.keep_all:  # every similarity is wanted
             worth = np.ones(len(a), bool)
         else:
@@ -658,9 +679,14 @@ def _threaded_map(func, items: Iterable, threads: int) -> Iterator:
             yield window.popleft().result()
 
 
-def compared_pairs(items: Items, threshold: float, budget: int | None = None, processes: int = 1,
-                   stats: SearchStats | None = None,
-                   keep_all: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def compared_pairs(
+    items: Items,
+    threshold: float,
+    budget: int | None = None,
+    processes: int = 1,
+    stats: SearchStats | None = None,
+    keep_all: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Blocks of (left, right, similarity, near) for the item pairs the search found at or above
     `threshold` (every pair it compared with `keep_all`; `near` says which reach it): left <
     right, each pair once. Every pair at or above the threshold is among them when the search is
@@ -684,6 +710,7 @@ def compared_pairs(items: Items, threshold: float, budget: int | None = None, pr
 
 
 # ---- what the stages keep of the compared pairs ----
+
 
 class BestNeighbours:
     """For each item, the `size` best other items offered: by similarity (highest first, then
@@ -712,8 +739,9 @@ class BestNeighbours:
             order = _order((all_item, count), (_similarity_rank(all_similarity), 10_000), (all_other, count))
         all_item, all_other, all_similarity = all_item[order], all_other[order], all_similarity[order]
         group_start = np.flatnonzero(np.concatenate([[True], all_item[1:] != all_item[:-1]]))
-        rank = np.arange(len(all_item)) - np.repeat(group_start, np.diff(np.concatenate([group_start,
-                                                                                           [len(all_item)]])))
+        rank = np.arange(len(all_item)) - np.repeat(
+            group_start, np.diff(np.concatenate([group_start, [len(all_item)]]))
+        )
         keep = rank < self.size
         self.other[touched] = -1
         self.other[all_item[keep], rank[keep]] = all_other[keep]
@@ -731,16 +759,18 @@ def _similarity_rank(similarity: np.ndarray) -> np.ndarray:
     return 10_000 - np.rint(np.asarray(similarity, np.float64) * 10_000).astype(np.int64)
 
 
-def _adjacency(count: int, item: np.ndarray, other: np.ndarray,
-               similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _adjacency(
+    count: int, item: np.ndarray, other: np.ndarray, similarity: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CSR of each item's neighbours, the most similar first, then the earliest."""
     order = _order((item, count), (_similarity_rank(similarity), 10_000), (other, count))
     pointer = np.concatenate([np.zeros(1, np.int64), np.cumsum(np.bincount(item, minlength=count))])
     return pointer, other[order], similarity[order]
 
 
-def greedy_keepers(items: Items, threshold: float, budget: int | None = None, processes: int = 1,
-                   neighbours: int = 8) -> tuple[np.ndarray, np.ndarray, SearchStats, int]:
+def greedy_keepers(
+    items: Items, threshold: float, budget: int | None = None, processes: int = 1, neighbours: int = 8
+) -> tuple[np.ndarray, np.ndarray, SearchStats, int]:
     """Greedy near-duplicate collapse over the texts in order: a text goes when its item is at
     least `threshold` similar to a kept text's item (identical items: 1.0), to the most similar
     kept earlier text (the earliest on ties). Returns, per text, the text it collapses to (-1:
@@ -753,8 +783,13 @@ def greedy_keepers(items: Items, threshold: float, budget: int | None = None, pr
     held = 0
     best = earliest = None
     for left, right, similarity, _ in compared_pairs(items, threshold, budget, processes, stats):
-        found.append((np.concatenate([left, right]).astype(np.int64), np.concatenate([right, left]).astype(np.int64),
-                      np.concatenate([similarity, similarity])))
+        found.append(
+            (
+                np.concatenate([left, right]).astype(np.int64),
+                np.concatenate([right, left]).astype(np.int64),
+                np.concatenate([similarity, similarity]),
+            )
+        )
         held += len(left)
         if held > NEAR_PAIRS:  # too many to hold: keep only the best and the earliest few per item
             if best is None:
@@ -766,8 +801,11 @@ def greedy_keepers(items: Items, threshold: float, budget: int | None = None, pr
             found, held = [], 0
     cut = 0
     if best is None:
-        item, other, similarity = ([np.concatenate(part) for part in zip(*found)] if found
-                                   else [np.zeros(0, np.int64)] * 2 + [np.zeros(0, np.float32)])
+        item, other, similarity = (
+            [np.concatenate(part) for part in zip(*found)]
+            if found
+            else [np.zeros(0, np.int64)] * 2 + [np.zeros(0, np.float32)]
+        )
     else:
         if found:
             batch = [np.concatenate(part) for part in zip(*found)]
@@ -789,7 +827,7 @@ def greedy_keepers(items: Items, threshold: float, budget: int | None = None, pr
 
     def keeper(item: int, row: int) -> tuple[int, float] | None:
         """The most similar kept item earlier than `row` among `item`'s neighbours (the earliest on ties)."""
-        candidates = other[pointer[item]:pointer[item + 1]]
+        candidates = other[pointer[item] : pointer[item + 1]]
         ok = kept_item[candidates] & (first_row[candidates] < row)
         if not ok.any():
             return None
@@ -822,8 +860,13 @@ def greedy_keepers(items: Items, threshold: float, budget: int | None = None, pr
     return keeper_row, keeper_similarity, stats, cut
 
 
-def near_groups(items: Items, threshold: float, budget: int | None = None, processes: int = 1,
-                partners: BestNeighbours | None = None) -> tuple[np.ndarray, int, SearchStats]:
+def near_groups(
+    items: Items,
+    threshold: float,
+    budget: int | None = None,
+    processes: int = 1,
+    partners: BestNeighbours | None = None,
+) -> tuple[np.ndarray, int, SearchStats]:
     """Connected groups of items at least `threshold` similar (directly or through a chain).
     Returns a group label per item, the number of text pairs found at or above the threshold
     (identical texts included), and the stats. `partners`, if given, is offered the compared
@@ -847,13 +890,16 @@ def near_groups(items: Items, threshold: float, budget: int | None = None, proce
         labels = joined[labels]  # a group merges whole groups: relabel every member
         pending_left, pending_right, pending = [], [], 0
 
-    for left, right, similarity, near in compared_pairs(items, threshold, budget, processes, stats,
-                                                        keep_all=partners is not None):
+    for left, right, similarity, near in compared_pairs(
+        items, threshold, budget, processes, stats, keep_all=partners is not None
+    ):
         if partners is not None:
             far = ~near
-            partners.offer(np.concatenate([left[far], right[far]]).astype(np.int64),
-                           np.concatenate([right[far], left[far]]).astype(np.int64),
-                           np.concatenate([similarity[far], similarity[far]]))
+            partners.offer(
+                np.concatenate([left[far], right[far]]).astype(np.int64),
+                np.concatenate([right[far], left[far]]).astype(np.int64),
+                np.concatenate([similarity[far], similarity[far]]),
+            )
             left, right = left[near], right[near]
         pairs += int((multiplicity[left] * multiplicity[right]).sum())
         apart = labels[left] != labels[right]
@@ -870,8 +916,10 @@ def near_groups(items: Items, threshold: float, budget: int | None = None, proce
 
 # ---- small inputs (tests, a few thousand questions) ----
 
-def similar_pairs(texts: Sequence[str], threshold: float, budget: int | None = None,
-                  stats: SearchStats | None = None) -> list[tuple[int, int, float]]:
+
+def similar_pairs(
+    texts: Sequence[str], threshold: float, budget: int | None = None, stats: SearchStats | None = None
+) -> list[tuple[int, int, float]]:
     """Every pair (i, j), i < j, whose similarity is at least `threshold`, sorted (identical
     questions included, at 1.0). Lists every pair: for inputs small enough to hold them."""
     items = distinct_items(texts)
@@ -881,7 +929,7 @@ def similar_pairs(texts: Sequence[str], threshold: float, budget: int | None = N
     pairs: list[tuple[int, int, float]] = []
     for item, group in rows_of.items():
         if items.sizes[item] > 0:
-            pairs.extend((i, j, 1.0) for k, i in enumerate(group) for j in group[k + 1:])
+            pairs.extend((i, j, 1.0) for k, i in enumerate(group) for j in group[k + 1 :])
     for left, right, similarity, _ in compared_pairs(items, threshold, budget, 1, stats):
         for a, b, value in zip(left.tolist(), right.tolist(), similarity.tolist()):
             pairs.extend((min(i, j), max(i, j), round(value, 4)) for i in rows_of[a] for j in rows_of[b])
@@ -907,7 +955,7 @@ def nearest_rows(query_matrix, corpus_matrix) -> list[tuple[int | None, float]]:
     rows_per_block = max(1, min(CHUNK_ROWS, DENSE_BLOCK // max(1, corpus_matrix.shape[0])))
     out: list[tuple[int | None, float]] = []
     for start in range(0, query_matrix.shape[0], rows_per_block):
-        block = (query_matrix[start:start + rows_per_block] @ corpus_t).toarray()
+        block = (query_matrix[start : start + rows_per_block] @ corpus_t).toarray()
         best = block.argmax(axis=1)  # the earliest corpus row on ties
         for row, column in enumerate(best):
             value = float(block[row, column])
@@ -932,5 +980,3 @@ def components(count: int, pairs: Sequence[tuple[int, int, float]]) -> list[int]
     graph = sparse.coo_matrix((np.ones(len(pairs), dtype=np.int8), (left, right)), shape=(count, count))
     _, labels = connected_components(graph, directed=False)
     return labels.tolist()
-
-

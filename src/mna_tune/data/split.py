@@ -68,8 +68,11 @@ def group_keys(questions: list[str], threshold: float) -> tuple[list[str], dict]
     for index, root in enumerate(roots):
         smallest[root] = min(smallest.get(root, own[index]), own[index])
     sizes = Counter(roots)
-    stats = {"near_twin_pairs": len(pairs), "groups_with_twins": sum(1 for n in sizes.values() if n > 1),
-             "largest_group": max(sizes.values(), default=0)}
+    stats = {
+        "near_twin_pairs": len(pairs),
+        "groups_with_twins": sum(1 for n in sizes.values() if n > 1),
+        "largest_group": max(sizes.values(), default=0),
+    }
     return [smallest[root] for root in roots], stats
 
 
@@ -78,9 +81,12 @@ def _feature_counts(items: Items, weight: np.ndarray) -> np.ndarray:
     counts = np.zeros(N_FEATURES)
     for start in range(0, items.count, 1_000_000 // 64):
         end = min(start + 1_000_000 // 64, items.count)
-        segment = items.indices[items.indptr[start]:items.indptr[end]]
-        counts += np.bincount(segment, weights=np.repeat(weight[start:end].astype(np.float64),
-                                                          items.sizes[start:end]), minlength=N_FEATURES)
+        segment = items.indices[items.indptr[start] : items.indptr[end]]
+        counts += np.bincount(
+            segment,
+            weights=np.repeat(weight[start:end].astype(np.float64), items.sizes[start:end]),
+            minlength=N_FEATURES,
+        )
     return counts
 
 
@@ -91,8 +97,10 @@ def _nearest_train(items: Items, item_split: np.ndarray, partners: BestNeighbour
     held_out = np.flatnonzero(item_split != 0)
     train = np.flatnonzero(item_split == 0)  # ascending: the earliest train row first on ties
     found: dict[int, tuple[int | None, float]] = {}
-    work = float(_feature_counts(items, np.where(item_split != 0, items.multiplicity, 0))
-                 @ _feature_counts(items, np.where(item_split == 0, items.multiplicity, 0)))
+    work = float(
+        _feature_counts(items, np.where(item_split != 0, items.multiplicity, 0))
+        @ _feature_counts(items, np.where(item_split == 0, items.multiplicity, 0))
+    )
     if (work <= NEAREST_WORK and len(items.indices) <= NEAREST_ENTRIES) or partners is None:
         if not len(train):
             return {int(item): (None, 0.0) for item in held_out}, "exact"
@@ -164,8 +172,9 @@ def run_split(params: SplitParams, merged: Path, paths: SplitPaths, processes: i
     builder = ItemsBuilder()
     keys = []
     with worker_pool(processes) as pool:
-        for row_keys, indptr, indices in ordered_map(partial(_questions, path=str(merged)),
-                                                     _numbered_lines(merged, VECTOR_CHUNK), processes, pool=pool):
+        for row_keys, indptr, indices in ordered_map(
+            partial(_questions, path=str(merged)), _numbered_lines(merged, VECTOR_CHUNK), processes, pool=pool
+        ):
             keys.append(row_keys)
             builder.add(indptr, indices)
     items = builder.finish()
@@ -183,23 +192,28 @@ def run_split(params: SplitParams, merged: Path, paths: SplitPaths, processes: i
     smallest = np.full(items.count, np.iinfo(np.uint64).max, np.uint64)
     np.minimum.at(smallest, label_of_row, own_keys)
     group_sizes = np.bincount(label_of_row, minlength=items.count)
-    group_stats = {"near_twin_pairs": near_pairs, "groups_with_twins": int((group_sizes > 1).sum()),
-                   "largest_group": int(group_sizes.max()) if rows else 0}
+    group_stats = {
+        "near_twin_pairs": near_pairs,
+        "groups_with_twins": int((group_sizes > 1).sum()),
+        "largest_group": int(group_sizes.max()) if rows else 0,
+    }
     _refuse_giant_group(label_of_row, merged, params)
-    split_of_label = {label: SPLITS.index(split_of_key(f"{int(smallest[label]):016x}", params))
-                      for label in np.flatnonzero(group_sizes).tolist()}
+    split_of_label = {
+        label: SPLITS.index(split_of_key(f"{int(smallest[label]):016x}", params))
+        for label in np.flatnonzero(group_sizes).tolist()
+    }
     code_of_label = np.zeros(items.count, np.int8)
     code_of_label[list(split_of_label)] = list(split_of_label.values())
     names = code_of_label[label_of_row]
     grouped = np.flatnonzero(smallest[label_of_row] != own_keys)  # rows placed by a twin's key
-    moved = sum(names[row] != SPLITS.index(split_of_key(f"{int(own_keys[row]):016x}", params))
-                for row in grouped.tolist())
+    moved = sum(
+        names[row] != SPLITS.index(split_of_key(f"{int(own_keys[row]):016x}", params)) for row in grouped.tolist()
+    )
     counts = Counter({name: int((names == code).sum()) for code, name in enumerate(SPLITS)})
     empty = [name for name in ("train", "test") if counts[name] == 0]
     if empty:
         raise ValueError(
-            f"split left {' and '.join(empty)} empty ({rows} rows in {merged}); "
-            "add data or raise split.test_size"
+            f"split left {' and '.join(empty)} empty ({rows} rows in {merged}); add data or raise split.test_size"
         )
     item_split = np.zeros(items.count, np.int8)
     item_split[items.item_of_row] = names
@@ -228,25 +242,43 @@ def run_split(params: SplitParams, merged: Path, paths: SplitPaths, processes: i
     def report():
         for name, row_id, question, (twin, similarity) in held_out:
             similarities.append(similarity)
-            yield {"id": row_id, "split": name, "question": question,
-                   "nearest_train_id": train_rows[twin][0] if twin is not None else None,
-                   "nearest_train_question": train_rows[twin][1] if twin is not None else None,
-                   "similarity": similarity}
+            yield {
+                "id": row_id,
+                "split": name,
+                "question": question,
+                "nearest_train_id": train_rows[twin][0] if twin is not None else None,
+                "nearest_train_question": train_rows[twin][1] if twin is not None else None,
+                "similarity": similarity,
+            }
 
     write_jsonl(paths.leakage, report())
     threshold = params.leakage_threshold
-    leakage = {"threshold": threshold, "held_out_rows": len(similarities),
-               "above_threshold": sum(value >= threshold for value in similarities),
-               "max_similarity": max(similarities, default=0.0),
-               "mean_similarity": round(sum(similarities) / len(similarities), 4) if similarities else 0.0}
-    metrics = {"rows": {name: counts[name] for name in SPLITS}, "rows_by_source": dict(sorted(by_source.items())),
-               "leakage": {**leakage, **group_stats, "rows_moved_to_their_twins": int(moved),
-                           "nearest_train_search": how, "pair_search": search.as_metrics()}}
+    leakage = {
+        "threshold": threshold,
+        "held_out_rows": len(similarities),
+        "above_threshold": sum(value >= threshold for value in similarities),
+        "max_similarity": max(similarities, default=0.0),
+        "mean_similarity": round(sum(similarities) / len(similarities), 4) if similarities else 0.0,
+    }
+    metrics = {
+        "rows": {name: counts[name] for name in SPLITS},
+        "rows_by_source": dict(sorted(by_source.items())),
+        "leakage": {
+            **leakage,
+            **group_stats,
+            "rows_moved_to_their_twins": int(moved),
+            "nearest_train_search": how,
+            "pair_search": search.as_metrics(),
+        },
+    }
     write_json(paths.summary, metrics)
-    print("split: " + ", ".join(f"{name} {counts[name]}" for name in SPLITS)
-          + f"; {leakage['above_threshold']} held-out questions with a train twin >= {params.leakage_threshold} "
-          f"({moved} rows moved to their twins' split)"
-          + ("" if search.exact else f"; pair search bounded: {search.skipped_pairs} candidate pairs skipped"))
+    print(
+        "split: "
+        + ", ".join(f"{name} {counts[name]}" for name in SPLITS)
+        + f"; {leakage['above_threshold']} held-out questions with a train twin >= {params.leakage_threshold} "
+        f"({moved} rows moved to their twins' split)"
+        + ("" if search.exact else f"; pair search bounded: {search.skipped_pairs} candidate pairs skipped")
+    )
     return metrics
 
 

@@ -16,8 +16,20 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 # NEL) are not in the table: they are whitespace, so both functions below turn them into a
 # space or a line break like any other whitespace.
 INVISIBLE = frozenset(
-    [0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF, 0x200E, 0x200F, 0x061C, *range(0x202A, 0x202F), *range(0x2066, 0x206A),
-     *(code for code in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if not chr(code).isspace())])
+    [
+        0x200B,
+        0x200C,
+        0x200D,
+        0x2060,
+        0xFEFF,
+        0x200E,
+        0x200F,
+        0x061C,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+        *(code for code in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if not chr(code).isspace()),
+    ]
+)
 _INVISIBLE_RE = re.compile("[" + "".join(re.escape(chr(code)) for code in sorted(INVISIBLE)) + "]")
 
 # Chat-format markers: text the Qwen3 tokenizer (or the chat template) turns into control tokens
@@ -26,8 +38,9 @@ _INVISIBLE_RE = re.compile("[" + "".join(re.escape(chr(code)) for code in sorted
 # tests/test_text.py checks the list in qwen_tokenizer.py against this) and the soft switches
 # /think and /no_think. Searched in normalised text, so a marker broken by a zero-width space
 # is still found. Rows carrying one are dropped, not cleaned (docs/data.md says why).
-CHAT_MARKER = re.compile(r"<\|[^<>|\s]{1,64}\|>|</?(?:think|tool_call|tool_response)>|/(?:no_)?think(?![A-Za-z0-9_])",
-                         re.IGNORECASE)
+CHAT_MARKER = re.compile(
+    r"<\|[^<>|\s]{1,64}\|>|</?(?:think|tool_call|tool_response)>|/(?:no_)?think(?![A-Za-z0-9_])", re.IGNORECASE
+)
 
 
 def strip_invisible(text: str) -> str:

@@ -4,29 +4,10 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from ..chat import answer_of, prompt_ids, render_completion, render_prompt
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    max_new_tokens: int
-    batch_size: int
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-
-    def generate_kwargs(self) -> dict:
-        kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
-                  "repetition_penalty": self.repetition_penalty}
-        if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
-        else:  # silence the model's own sampling defaults (Qwen3 ships temperature 0.6)
-            kwargs.update(temperature=None, top_k=None, top_p=None)
-        return kwargs
+from ..decoding import GenerationSettings
 
 
 def _progress(total: int, desc: str | None):
@@ -36,8 +17,9 @@ def _progress(total: int, desc: str | None):
     return tqdm(total=total, desc=desc, unit="row", disable=desc is None)
 
 
-def answer_only_losses(model, tokenizer, rows: list[dict], batch_size: int,
-                       progress: str | None = None) -> list[tuple[float, int]]:
+def answer_only_losses(
+    model, tokenizer, rows: list[dict], batch_size: int, progress: str | None = None
+) -> list[tuple[float, int]]:
     """Per row: (summed cross-entropy over the answer tokens and <|im_end|>, token count).
     The prompt is masked exactly as in training."""
     import torch
@@ -46,7 +28,7 @@ def answer_only_losses(model, tokenizer, rows: list[dict], batch_size: int,
     pad = tokenizer.pad_token_id
     bar = _progress(len(rows), progress)
     for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
+        batch = rows[start : start + batch_size]
         seqs, labels = [], []
         for row in batch:
             prompt = tokenizer(render_prompt(row["messages"]), add_special_tokens=False).input_ids
@@ -85,8 +67,9 @@ def left_padded(conversations: list[list[dict]], tokenizer, device, enable_think
     return input_ids, attention
 
 
-def generate(model, tokenizer, conversations: list[list[dict]], settings: GenerationSettings,
-             progress: str | None = None) -> tuple[list[str], int, float]:
+def generate(
+    model, tokenizer, conversations: list[list[dict]], settings: GenerationSettings, progress: str | None = None
+) -> tuple[list[str], int, float]:
     """Answers for chat conversations (message lists, rendered as chat.prompt_ids does):
     raw generated texts (special tokens removed, think tags kept), new-token count, seconds."""
     import torch
@@ -94,11 +77,16 @@ def generate(model, tokenizer, conversations: list[list[dict]], settings: Genera
     texts, new_tokens, started = [], 0, time.perf_counter()
     bar = _progress(len(conversations), progress)
     for start in range(0, len(conversations), settings.batch_size):
-        input_ids, attention = left_padded(conversations[start:start + settings.batch_size], tokenizer, model.device)
+        input_ids, attention = left_padded(conversations[start : start + settings.batch_size], tokenizer, model.device)
         with torch.no_grad():
-            output = model.generate(input_ids=input_ids, attention_mask=attention, **settings.generate_kwargs(),
-                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        generated = output[:, input_ids.shape[1]:]
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                **settings.generate_kwargs(),
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        generated = output[:, input_ids.shape[1] :]
         finished = (generated != tokenizer.pad_token_id) & (generated != tokenizer.eos_token_id)
         new_tokens += int(finished.sum())
         texts.extend(tokenizer.batch_decode(generated, skip_special_tokens=True))
@@ -107,8 +95,15 @@ def generate(model, tokenizer, conversations: list[list[dict]], settings: Genera
     return texts, new_tokens, time.perf_counter() - started
 
 
-def sample_answers(model, tokenizer, conversations: list[list[dict]], settings: GenerationSettings, samples: int,
-                   seed: int, progress: str | None = None) -> list[list[str]]:
+def sample_answers(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    settings: GenerationSettings,
+    samples: int,
+    seed: int,
+    progress: str | None = None,
+) -> list[list[str]]:
     """Per conversation, `samples` raw answers drawn with sampling on (the settings'
     temperature, top_k, top_p); pass s is seeded with seed + 1 + s, the same seeds for every
     model. [] when samples is 0."""
@@ -120,7 +115,8 @@ def sample_answers(model, tokenizer, conversations: list[list[dict]], settings: 
     passes = []
     for number in range(samples):
         set_seed(seed + 1 + number)
-        texts, _, _ = generate(model, tokenizer, conversations, sampled,
-                               None if progress is None else f"{progress} {number + 1}/{samples}")
+        texts, _, _ = generate(
+            model, tokenizer, conversations, sampled, None if progress is None else f"{progress} {number + 1}/{samples}"
+        )
         passes.append(texts)
     return [list(answers) for answers in zip(*passes)]

@@ -38,7 +38,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -68,14 +68,20 @@ FALLBACK_API_KEY = "MNA_TUNE_LLM_API_KEY"
 
 CACHE_FILE = "judge.sqlite"  # under <repo root>/<paths.cache>
 CRITERIA = ("accuracy", "korean", "terminology", "completeness")
-CRITERION_LABELS = {"accuracy": "accuracy against the reference", "korean": "natural Korean",
-                    "terminology": "terminology", "completeness": "completeness"}
+CRITERION_LABELS = {
+    "accuracy": "accuracy against the reference",
+    "korean": "natural Korean",
+    "terminology": "terminology",
+    "completeness": "completeness",
+}
 OUTCOMES = ("win", "tie", "loss")  # the adapter's, against the base model
 MODELS = ("base", "adapter")
 
 _PLACEHOLDER = re.compile(r"\{(question|reference|answer|answer_a|answer_b)\}")
-_PLACEHOLDERS = {"pairwise": ("{question}", "{reference}", "{answer_a}", "{answer_b}"),
-                 "rubric": ("{question}", "{reference}", "{answer}")}
+_PLACEHOLDERS = {
+    "pairwise": ("{question}", "{reference}", "{answer_a}", "{answer_b}"),
+    "rubric": ("{question}", "{reference}", "{answer}"),
+}
 BACKOFF_S = 1.0  # first pause between attempts, doubled each time (tests make it tiny)
 _SCHEMA = """CREATE TABLE IF NOT EXISTS verdicts (
     key TEXT PRIMARY KEY,
@@ -87,6 +93,7 @@ _IDENTICAL_REASON = "두 답변이 같습니다."  # identical answers' pairwise
 
 
 # ---- the reply schemas: sent as response_format and used to read the replies ----
+
 
 class PairwiseVerdict(BaseModel):
     """The judge's answer to one pairwise question (one order)."""
@@ -115,11 +122,14 @@ _REPLIES: dict[str, type[BaseModel]] = {"pairwise": PairwiseVerdict, "rubric": R
 
 def response_format(kind: str) -> dict:
     model = _REPLIES[kind]
-    return {"type": "json_schema", "json_schema": {"name": f"{kind}_verdict", "strict": True,
-                                                   "schema": model.model_json_schema()}}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": f"{kind}_verdict", "strict": True, "schema": model.model_json_schema()},
+    }
 
 
 # ---- errors ----
+
 
 class JudgeConfigError(ValueError):
     """The judge is enabled but the environment does not say where it is."""
@@ -130,6 +140,7 @@ class JudgeError(ValueError):
 
 
 # ---- the prompts ----
+
 
 def load_template(path: Path, kind: str) -> str:
     try:
@@ -149,6 +160,7 @@ def render(template: str, **values: str) -> str:
 
 
 # ---- what one request is ----
+
 
 @dataclass(frozen=True)
 class Request:
@@ -175,25 +187,38 @@ class Judge:
     progress: bool = True
 
     @classmethod
-    def from_params(cls, params: Params, environ: Mapping[str, str] = os.environ, *,
-                    backoff_s: float | None = None) -> Judge | None:
+    def from_params(
+        cls, params: Params, environ: Mapping[str, str] = os.environ, *, backoff_s: float | None = None
+    ) -> Judge | None:
         """The judge, or None when `evaluate.judge.enabled` is false. Checks the environment
         and the prompts at once, before any model runs."""
         cfg = params.evaluate.judge
         if not cfg.enabled:
             return None
-        endpoint = Endpoint.from_env(environ, [(ENV_BASE_URL, ENV_MODEL, ENV_API_KEY),
-                                               (FALLBACK_BASE_URL, FALLBACK_MODEL, FALLBACK_API_KEY)],
-                                     "evaluate.judge.enabled is true", JudgeConfigError)
+        endpoint = Endpoint.from_env(
+            environ,
+            [(ENV_BASE_URL, ENV_MODEL, ENV_API_KEY), (FALLBACK_BASE_URL, FALLBACK_MODEL, FALLBACK_API_KEY)],
+            "evaluate.judge.enabled is true",
+            JudgeConfigError,
+        )
         cache = Path(params.paths.cache)
-        return cls(client=ChatClient(endpoint, concurrency=cfg.concurrency, timeout_s=cfg.timeout_s,
-                                     max_tokens=cfg.max_tokens, backoff_s=BACKOFF_S if backoff_s is None else backoff_s,
-                                     hints={400: " (the endpoint must support response_format json_schema: "
-                                                 "vLLM, SGLang, llama.cpp and OpenAI do)"}),
-                   pairwise_template=load_template(cfg.pairwise_prompt_path, "pairwise"),
-                   rubric_template=load_template(cfg.rubric_prompt_path, "rubric"),
-                   # under the repository root, so `dvc exp run --temp/--queue` copies share one cache
-                   cache_path=(cache if cache.is_absolute() else project_root() / cache) / CACHE_FILE)
+        return cls(
+            client=ChatClient(
+                endpoint,
+                concurrency=cfg.concurrency,
+                timeout_s=cfg.timeout_s,
+                max_tokens=cfg.max_tokens,
+                backoff_s=BACKOFF_S if backoff_s is None else backoff_s,
+                hints={
+                    400: " (the endpoint must support response_format json_schema: "
+                    "vLLM, SGLang, llama.cpp and OpenAI do)"
+                },
+            ),
+            pairwise_template=load_template(cfg.pairwise_prompt_path, "pairwise"),
+            rubric_template=load_template(cfg.rubric_prompt_path, "rubric"),
+            # under the repository root, so `dvc exp run --temp/--queue` copies share one cache
+            cache_path=(cache if cache.is_absolute() else project_root() / cache) / CACHE_FILE,
+        )
 
     @property
     def model(self) -> str:
@@ -211,8 +236,9 @@ class Judge:
         return _digest(kind, self.model, template, schema, *fields)
 
     def pairwise_request(self, question: str, reference: str, answer_a: str, answer_b: str, where: str) -> Request:
-        prompt = render(self.pairwise_template, question=question, reference=reference, answer_a=answer_a,
-                        answer_b=answer_b)
+        prompt = render(
+            self.pairwise_template, question=question, reference=reference, answer_a=answer_a, answer_b=answer_b
+        )
         return Request("pairwise", prompt, self._key("pairwise", question, reference, answer_a, answer_b), where)
 
     def rubric_request(self, question: str, reference: str, answer: str, where: str) -> Request:
@@ -238,9 +264,10 @@ class Judge:
         plan: dict = {"requests": [], "identical": normalise_answer(base) == normalise_answer(adapter)}
         if not plan["identical"]:
             # first order: A = base, B = adapter; second: A = adapter, B = base
-            plan["orders"] = [self.pairwise_request(question, reference, base, adapter, f"{where}, pairwise (A = base)"),
-                              self.pairwise_request(question, reference, adapter, base,
-                                                    f"{where}, pairwise (A = adapter)")]
+            plan["orders"] = [
+                self.pairwise_request(question, reference, base, adapter, f"{where}, pairwise (A = base)"),
+                self.pairwise_request(question, reference, adapter, base, f"{where}, pairwise (A = adapter)"),
+            ]
             plan["requests"] += plan["orders"]
         for name, answer in (("base", base), ("adapter", adapter)):
             if answer.strip():
@@ -251,16 +278,26 @@ class Judge:
         return plan
 
     @staticmethod
-    def _assemble(plan: dict, replies: dict[str, BaseModel]) -> dict:
+    def _assemble(plan: dict, replies: dict[str, Any]) -> dict:
         if plan["identical"]:
-            pairwise = {"verdict": "tie", "orders": None, "position_flip": False, "identical": True,
-                        "reasons": [_IDENTICAL_REASON]}
+            pairwise = {
+                "verdict": "tie",
+                "orders": None,
+                "position_flip": False,
+                "identical": True,
+                "reasons": [_IDENTICAL_REASON],
+            }
         else:
             first, second = (replies[request.key] for request in plan["orders"])
             outcomes = [adapter_outcome(first.winner, "B"), adapter_outcome(second.winner, "A")]
             verdict, flip = combine(*outcomes)
-            pairwise = {"verdict": verdict, "orders": outcomes, "position_flip": flip, "identical": False,
-                        "reasons": [one_line(first.reason), one_line(second.reason)]}
+            pairwise = {
+                "verdict": verdict,
+                "orders": outcomes,
+                "position_flip": flip,
+                "identical": False,
+                "reasons": [one_line(first.reason), one_line(second.reason)],
+            }
         rubric = {}
         for name in MODELS:
             request = plan[name]
@@ -268,43 +305,52 @@ class Judge:
                 rubric[name] = {**{criterion: 1 for criterion in CRITERIA}, "reason": _EMPTY_REASON}
             else:
                 scores = replies[request.key]
-                rubric[name] = {**{criterion: getattr(scores, criterion) for criterion in CRITERIA},
-                                "reason": one_line(scores.reason)}
+                rubric[name] = {
+                    **{criterion: getattr(scores, criterion) for criterion in CRITERIA},
+                    "reason": one_line(scores.reason),
+                }
         return {"pairwise": pairwise, "rubric": rubric}
 
     # ---- the cache and the endpoint ----
 
-    def _answers(self, requests: list[Request]) -> dict[str, BaseModel]:
+    def _answers(self, requests: list[Request]) -> dict[str, Any]:
         with open_cache(self.cache_path, _SCHEMA, "judge cache", "ask the judge again") as db:
             replies = _lookup(db, requests)
             missing = [request for request in requests if request.key not in replies]
 
             def ask_one(client: httpx.Client, request: Request) -> BaseModel:
                 return self.client.ask(
-                    client, lambda: self.client.body(request.prompt, response_format=response_format(request.kind)),
-                    lambda content: self._read(request.kind, content), "verdict",
-                    lambda detail: JudgeError(one_line(f"LLM judge, {request.where}: {detail}")))
+                    client,
+                    lambda: self.client.body(request.prompt, response_format=response_format(request.kind)),
+                    lambda content: self._read(request.kind, content),
+                    "verdict",
+                    lambda detail: JudgeError(one_line(f"LLM judge, {request.where}: {detail}")),
+                )
 
             def keep(request: Request, reply: BaseModel) -> None:
-                db.execute("INSERT OR REPLACE INTO verdicts (key, kind, reply, model) VALUES (?, ?, ?, ?)",
-                           (request.key, request.kind, reply.model_dump_json(), self.model))
+                db.execute(
+                    "INSERT OR REPLACE INTO verdicts (key, kind, reply, model) VALUES (?, ?, ?, ?)",
+                    (request.key, request.kind, reply.model_dump_json(), self.model),
+                )
                 replies[request.key] = reply
 
             if missing:
                 self.client.ask_all(missing, ask_one, keep, progress="judge" if self.progress else None)
         return replies
 
-    def _read(self, kind: str, content: str) -> BaseModel:
+    def _read(self, kind: str, content: str) -> Any:
         try:
-            reply = _REPLIES[kind].model_validate_json(content)
+            reply: Any = _REPLIES[kind].model_validate_json(content)
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'reply'}: {e['msg']}" for e in exc.errors())
-            raise Retryable(f"the reply does not match the {kind} schema ({problems}): "
-                            f"{self.client.quote(content)}") from None
+            raise Retryable(
+                f"the reply does not match the {kind} schema ({problems}): {self.client.quote(content)}"
+            ) from None
         return reply.model_copy(update={"reason": self.client.scrub(reply.reason)})  # stored and shown later
 
 
 # ---- combining and summarising verdicts (pure) ----
+
 
 def adapter_outcome(winner: str, adapter_position: str) -> str:
     """The adapter's outcome in one order, from the judge's `winner` (A, B or tie)."""
@@ -338,8 +384,10 @@ def summarise(judged: list[dict]) -> dict:
     rubric = {}
     for name in MODELS:
         means = {criterion: sum(row["rubric"][name][criterion] for row in judged) / n for criterion in CRITERIA}
-        rubric[name] = {**{key: round(value, 6) for key, value in means.items()},
-                        "mean": round(sum(means.values()) / len(CRITERIA), 6)}
+        rubric[name] = {
+            **{key: round(value, 6) for key, value in means.items()},
+            "mean": round(sum(means.values()) / len(CRITERIA), 6),
+        }
     return {"pairwise": pairwise, "rubric": rubric}
 
 
@@ -374,8 +422,7 @@ def apply(result, judged: list[dict], judge: Judge) -> None:
 
     _add_figures(result.overall, judged)
     summary = summarise(judged)
-    result.overall["judge"] = {**summary.get("pairwise", {}), "model": judge.model,
-                               "prompt_versions": judge.versions}
+    result.overall["judge"] = {**summary.get("pairwise", {}), "model": judge.model, "prompt_versions": judge.versions}
     generated = len(judged)
     for kind, members in groups_of(result.generated).items():
         for value, indices in members.items():
@@ -384,26 +431,38 @@ def apply(result, judged: list[dict], judge: Judge) -> None:
                 _add_figures(group, [judged[i] for i in indices if i < generated])
     for prediction, row in zip(result.predictions, judged, strict=True):
         pairwise = row["pairwise"]
-        prediction.update({"judge_verdict": pairwise["verdict"], "judge_orders": pairwise["orders"],
-                           "judge_position_flip": pairwise["position_flip"], "judge_reasons": pairwise["reasons"],
-                           "base_rubric": row["rubric"]["base"], "adapter_rubric": row["rubric"]["adapter"]})
+        prediction.update(
+            {
+                "judge_verdict": pairwise["verdict"],
+                "judge_orders": pairwise["orders"],
+                "judge_position_flip": pairwise["position_flip"],
+                "judge_reasons": pairwise["reasons"],
+                "base_rubric": row["rubric"]["base"],
+                "adapter_rubric": row["rubric"]["adapter"],
+            }
+        )
 
 
 def judge_evaluation(judge: Judge | None, result) -> None:
     """The evaluate stage's judging step (nothing when the judge is disabled)."""
     if judge is None:
         return
-    rows = [{key: prediction[key] for key in ("id", "question", "reference", "base", "adapter")}
-            for prediction in result.predictions]
+    rows = [
+        {key: prediction[key] for key in ("id", "question", "reference", "base", "adapter")}
+        for prediction in result.predictions
+    ]
     apply(result, judge.judge_rows(rows), judge)
     figures = result.overall["judge"]
-    print(f"evaluate: judge {judge.model} on {figures.get('rows', 0)} rows: adapter wins "
-          f"{figures.get('win_rate')}, ties {figures.get('tie_rate')}, loses {figures.get('loss_rate')}; position "
-          f"bias {figures.get('position_bias', '–')}; {judge.client.requests_sent} requests sent, the rest from "
-          f"{judge.cache_path}")
+    print(
+        f"evaluate: judge {judge.model} on {figures.get('rows', 0)} rows: adapter wins "
+        f"{figures.get('win_rate')}, ties {figures.get('tie_rate')}, loses {figures.get('loss_rate')}; position "
+        f"bias {figures.get('position_bias', '–')}; {judge.client.requests_sent} requests sent, the rest from "
+        f"{judge.cache_path}"
+    )
 
 
 # ---- the sqlite cache ----
+
 
 def _lookup(db, requests: list[Request]) -> dict[str, BaseModel]:
     kinds = {request.key: request.kind for request in requests}

@@ -51,15 +51,26 @@ def chrf(predictions: list[str], references: list[str]) -> float:
 
 def _is_hangul(char: str) -> bool:
     code = ord(char)
-    return (0xAC00 <= code <= 0xD7A3 or 0x1100 <= code <= 0x11FF or 0x3130 <= code <= 0x318F
-            or 0xA960 <= code <= 0xA97F or 0xD7B0 <= code <= 0xD7FF)
+    return (
+        0xAC00 <= code <= 0xD7A3
+        or 0x1100 <= code <= 0x11FF
+        or 0x3130 <= code <= 0x318F
+        or 0xA960 <= code <= 0xA97F
+        or 0xD7B0 <= code <= 0xD7FF
+    )
 
 
 def _is_cjk_or_kana(char: str) -> bool:
     code = ord(char)
-    return (0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0xF900 <= code <= 0xFAFF
-            or 0x20000 <= code <= 0x2FA1F or 0x3040 <= code <= 0x30FF or 0x31F0 <= code <= 0x31FF
-            or 0xFF66 <= code <= 0xFF9F)
+    return (
+        0x4E00 <= code <= 0x9FFF
+        or 0x3400 <= code <= 0x4DBF
+        or 0xF900 <= code <= 0xFAFF
+        or 0x20000 <= code <= 0x2FA1F
+        or 0x3040 <= code <= 0x30FF
+        or 0x31F0 <= code <= 0x31FF
+        or 0xFF66 <= code <= 0xFF9F
+    )
 
 
 def hangul_share(text: str) -> float:
@@ -119,7 +130,7 @@ def mean_pairwise_rouge_l(answers: list[str]) -> float | None:
     """How alike several answers to one question are: the mean ROUGE-L F1 (Kiwi morphemes)
     over every unordered pair; identical answers (an empty pair included) count 1.0.
     None for fewer than two answers."""
-    pairs = [(a, b) for i, a in enumerate(answers) for b in answers[i + 1:]]
+    pairs = [(a, b) for i, a in enumerate(answers) for b in answers[i + 1 :]]
     if not pairs:
         return None
     differing = [(a, b) for a, b in pairs if normalise_answer(a) != normalise_answer(b)]

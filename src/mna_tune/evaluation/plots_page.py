@@ -45,17 +45,20 @@ _PAGE = """<!DOCTYPE html>
 
 def provenance() -> str:
     """The library versions the page inlines (its first comment)."""
-    import vl_convert as vlc
     from importlib.metadata import version
 
-    return (f"Inlined: vega {vlc.get_vega_version()}, vega-lite {VEGA_LITE}, vega-embed {vlc.get_vega_embed_version()} "
-            f"(BSD-3-Clause), bundled by vl-convert-python {version('vl-convert-python')} (BSD-3-Clause).")
+    import vl_convert as vlc
+
+    return (
+        f"Inlined: vega {vlc.get_vega_version()}, vega-lite {VEGA_LITE}, vega-embed {vlc.get_vega_embed_version()} "
+        f"(BSD-3-Clause), bundled by vl-convert-python {version('vl-convert-python')} (BSD-3-Clause)."
+    )
 
 
 def page() -> str:
     import vl_convert as vlc
 
-    bundle = vlc.javascript_bundle(vl_version=VEGA_LITE)
+    bundle = vlc.javascript_bundle(vl_version=VEGA_LITE)  # type: ignore[call-arg]  # snippet defaults to None
     # DVC fills the page with str.replace and the browser ends a script at "</script":
     # neither may occur inside the bundle.
     for forbidden in ("{plot_divs}", "{scripts}", "{refresh_tag}", "</script"):

@@ -18,8 +18,7 @@ from .tracking import Tracker
 
 def _head() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -36,19 +35,38 @@ def audit_version(tracker: Tracker, registry: Registry, ref: str) -> dict:
             continue
         stage, path = parsed
         now = workspace_md5(path)
-        data.append({"stage": stage, "path": path, "md5": md5, "rows": rows.get(path),
-                     "workspace_md5": now, "workspace_matches": now == md5})
+        data.append(
+            {
+                "stage": stage,
+                "path": path,
+                "md5": md5,
+                "rows": rows.get(path),
+                "workspace_md5": now,
+                "workspace_matches": now == md5,
+            }
+        )
     head = _head()
     return {
-        "model": version.name, "version": str(version.version), "aliases": list(version.aliases),
-        "run_id": version.run_id, "run_name": run.info.run_name, "source": version.source,
-        "code": {"git_commit": tags.get("git_commit"), "git_dirty": tags.get("git_dirty"),
-                 "workspace_head": head, "workspace_matches": head == tags.get("git_commit")},
+        "model": version.name,
+        "version": str(version.version),
+        "aliases": list(version.aliases),
+        "run_id": version.run_id,
+        "run_name": run.info.run_name,
+        "source": version.source,
+        "code": {
+            "git_commit": tags.get("git_commit"),
+            "git_dirty": tags.get("git_dirty"),
+            "workspace_head": head,
+            "workspace_matches": head == tags.get("git_commit"),
+        },
         "params": dict(sorted(run.data.params.items())),
         "data": data,
         "lineage_verified": tags.get("lineage.verified"),
-        "metrics": {key.removeprefix("eval/").replace("/", "."): value
-                    for key, value in sorted(run.data.metrics.items()) if key.startswith("eval/")},
+        "metrics": {
+            key.removeprefix("eval/").replace("/", "."): value
+            for key, value in sorted(run.data.metrics.items())
+            if key.startswith("eval/")
+        },
         "gate": {key.removeprefix("gate."): value for key, value in tags.items() if key.startswith("gate.")},
         "workspace_matches": all(item["workspace_matches"] for item in data) and bool(data),
     }
@@ -63,8 +81,9 @@ def versions_trained_on(registry: Registry, path: str) -> dict:
         hits = [key for key, value in version.tags.items() if parse_lineage_tag(key) and value == md5]
         if hits:  # a search result carries no aliases: ask for the version itself
             aliases = list(registry.version(version.version).aliases)
-            matches.append({"version": str(version.version), "aliases": aliases,
-                            "run_id": version.run_id, "matched": sorted(hits)})
+            matches.append(
+                {"version": str(version.version), "aliases": aliases, "run_id": version.run_id, "matched": sorted(hits)}
+            )
     return {"path": path, "md5": md5, "versions": matches}
 
 
@@ -74,23 +93,29 @@ def _mark(ok: bool) -> str:
 
 def format_version(report: dict) -> str:
     code = report["code"]
-    lines = [f"{report['model']} v{report['version']}  aliases: {', '.join(report['aliases']) or '-'}  "
-             f"run: {report['run_name']} ({report['run_id']})",
-             f"code     commit {code['git_commit']} (dirty: {code['git_dirty']}); workspace HEAD {code['workspace_head']}"
-             f" -> {_mark(code['workspace_matches'])}",
-             f"data     (lineage verified at evaluation: {report['lineage_verified']})"]
+    lines = [
+        f"{report['model']} v{report['version']}  aliases: {', '.join(report['aliases']) or '-'}  "
+        f"run: {report['run_name']} ({report['run_id']})",
+        f"code     commit {code['git_commit']} (dirty: {code['git_dirty']}); workspace HEAD {code['workspace_head']}"
+        f" -> {_mark(code['workspace_matches'])}",
+        f"data     (lineage verified at evaluation: {report['lineage_verified']})",
+    ]
     for item in report["data"]:
         rows = f"{item['rows']} rows" if item["rows"] is not None else "rows ?"
         now = "missing" if item["workspace_md5"] is None else _mark(item["workspace_matches"])
         detail = "" if item["workspace_matches"] else f" (now {item['workspace_md5']})"
         lines.append(f"  {item['stage']:<8} {item['path']}  md5 {item['md5']}  {rows}  workspace: {now}{detail}")
     lines.append("params   " + " ".join(f"{k}={v}" for k, v in report["params"].items()))
-    lines.append("metrics  " + " ".join(f"{k}={v:g}" for k, v in report["metrics"].items()
-                                        if k.startswith(("adapter.", "base."))))
+    lines.append(
+        "metrics  "
+        + " ".join(f"{k}={v:g}" for k, v in report["metrics"].items() if k.startswith(("adapter.", "base.")))
+    )
     if report["gate"]:
         lines.append(f"gate     passed={report['gate'].get('passed')}: {report['gate'].get('reason')}")
-    lines.append(f"verdict  the workspace {'still holds' if report['workspace_matches'] else 'does NOT hold'} "
-                 "the data this version was made from")
+    lines.append(
+        f"verdict  the workspace {'still holds' if report['workspace_matches'] else 'does NOT hold'} "
+        "the data this version was made from"
+    )
     return "\n".join(lines)
 
 
@@ -99,15 +124,21 @@ def format_data(report: dict) -> str:
     if not report["versions"]:
         lines.append("  no registered version was made from exactly this content")
     for item in report["versions"]:
-        lines.append(f"  v{item['version']}  aliases: {', '.join(item['aliases']) or '-'}  run {item['run_id']}  "
-                     f"({', '.join(item['matched'])})")
+        lines.append(
+            f"  v{item['version']}  aliases: {', '.join(item['aliases']) or '-'}  run {item['run_id']}  "
+            f"({', '.join(item['matched'])})"
+        )
     return "\n".join(lines)
 
 
 def run_audit(tracker: Tracker, registry: Registry, ref: str | None, data_path: str | None, as_json: bool) -> str:
     if (ref is None) == (data_path is None):
         raise ValueError("audit needs a version (7 or @champion) or --data PATH, not both")
-    report = audit_version(tracker, registry, ref) if ref is not None else versions_trained_on(registry, data_path)
+    if ref is not None:
+        report = audit_version(tracker, registry, ref)
+    else:
+        assert data_path is not None  # one of the two, checked above
+        report = versions_trained_on(registry, data_path)
     if as_json:
         return json.dumps(report, ensure_ascii=False, indent=2)
     return format_version(report) if ref is not None else format_data(report)

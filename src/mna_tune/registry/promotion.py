@@ -7,8 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ..evaluation.scoring import LOWER_IS_BETTER
-from ..params import GateParams, Params
+from ..params import LOWER_IS_BETTER, GateParams, Params
 from .registry import CANDIDATE, CHAMPION, Registry
 
 HISTORY_TAG = "champion_history"  # on the registered model: versions that held champion, in order
@@ -25,8 +24,9 @@ def improvement(metric: str, candidate: float, reference: float) -> float:
     return reference - candidate if metric in LOWER_IS_BETTER else candidate - reference
 
 
-def decide(gate: GateParams, candidate: dict, champion: dict | None, base: dict,
-           champion_version: str | None = None) -> GateDecision:
+def decide(
+    gate: GateParams, candidate: dict, champion: dict | None, base: dict, champion_version: str | None = None
+) -> GateDecision:
     """`candidate`, `champion` and `base` map metric names to values. Without a champion
     the candidate must beat the base model on the same test rows by `min_delta`."""
     metric = gate.metric
@@ -55,8 +55,11 @@ def _stamp() -> str:
 def record_decision(registry: Registry, version: str, passed: bool, reason: str, how: str) -> None:
     """The gate's (or a person's) decision, on the version and on its run: three tags, so
     a version's page stays readable (who and when are in `gate.decision`)."""
-    tags = {"gate.passed": str(passed).lower(), "gate.reason": reason,
-            "gate.decision": f"{'passed' if passed else 'refused'} by {how} at {_stamp()}"}
+    tags = {
+        "gate.passed": str(passed).lower(),
+        "gate.reason": reason,
+        "gate.decision": f"{'passed' if passed else 'refused'} by {how} at {_stamp()}",
+    }
     registry.set_version_tags(version, tags)
     run_id = registry.version(version).run_id
     if run_id:
@@ -90,16 +93,24 @@ def rollback(registry: Registry, reason: str) -> tuple[str, str]:
     """Move `champion` back to the version that held it before; returns (from, to)."""
     history = _history(registry)
     if len(history) < 2:
-        raise ValueError(f"{registry.name}: no earlier champion to roll back to "
-                         f"(champion history: {', '.join(history) or 'empty'})")
+        raise ValueError(
+            f"{registry.name}: no earlier champion to roll back to (champion history: {', '.join(history) or 'empty'})"
+        )
     current, target = history[-1], history[-2]
     _set_champion(registry, target, history[:-1])
     registry.set_version_tags(current, {"gate.decision": f"rolled back to v{target} at {_stamp()}: {reason}"})
     return current, target
 
 
-def apply_gate(registry: Registry, version: str, candidate: dict, base: dict, gate: GateParams,
-               champion: tuple[str, dict] | None, split_note: str) -> GateDecision:
+def apply_gate(
+    registry: Registry,
+    version: str,
+    candidate: dict,
+    base: dict,
+    gate: GateParams,
+    champion: tuple[str, dict] | None,
+    split_note: str,
+) -> GateDecision:
     """`candidate` goes to the new version; `champion` only if the gate passes. `champion`
     is (version, its metrics on the same test split as the candidate), or None."""
     registry.set_alias(CANDIDATE, version)
@@ -116,7 +127,8 @@ def apply_gate(registry: Registry, version: str, candidate: dict, base: dict, ga
 def main_promote(params: Params, args) -> None:
     registry = Registry(params.mlflow)
     previous = promote(registry, args.version, f"manual promotion: {args.reason}", "cli")
-    print(f"{registry.name}: champion -> v{registry.alias_version('champion').version} (was {'v' + previous if previous else 'unset'})")
+    was = f"v{previous}" if previous else "unset"
+    print(f"{registry.name}: champion -> v{registry.alias_version('champion').version} (was {was})")
 
 
 def main_rollback(params: Params, args) -> None:

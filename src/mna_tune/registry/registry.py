@@ -8,6 +8,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from ..decoding import SERVING_CONFIG
 from ..params import MlflowParams
 from .tracking import connect
 
@@ -31,12 +32,15 @@ class Registry:
 
         requirements = [f"{name}=={installed(name).split('+')[0]}" for name in SERVED_PACKAGES]
         with tempfile.TemporaryDirectory() as scratch:
-            config_path = Path(scratch) / "serving_config.json"
+            config_path = Path(scratch) / SERVING_CONFIG
             config_path.write_text(json.dumps(serving_config, ensure_ascii=False, indent=2), encoding="utf-8")
             with self.mlflow.start_run(run_id=run_id):
                 info = mlflow.pyfunc.log_model(
-                    name="adapter_model", python_model=str(PYFUNC_ENTRY), pip_requirements=requirements,
-                    artifacts={"adapter": str(adapter_dir), "serving_config": str(config_path)})
+                    name="adapter_model",
+                    python_model=str(PYFUNC_ENTRY),
+                    pip_requirements=requirements,
+                    artifacts={"adapter": str(adapter_dir), "serving_config": str(config_path)},
+                )
         return self.mlflow.register_model(info.model_uri, self.name, tags=tags)
 
     def version(self, ref: str):
@@ -54,7 +58,8 @@ class Registry:
                 raise ValueError(
                     f"{self.name}: no version is champion yet; the gate refused v{last.version}: {reason}. "
                     f"Either promote one by hand (mna-tune promote {last.version} --reason '...') or use "
-                    f"--model @{CANDIDATE}") from None
+                    f"--model @{CANDIDATE}"
+                ) from None
             listed = ", ".join(f"v{v.version}" for v in known) or "none yet"
             raise ValueError(f"{self.name}: no model version '{ref}' in {self.uri} (registered: {listed})") from None
 
@@ -99,8 +104,11 @@ class Registry:
 
     def download_adapter(self, version, destination: Path) -> Path:
         """The PEFT folder inside a registered version's pyfunc artifact."""
-        local = Path(self.mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(destination),
-                                                              tracking_uri=self.uri))
+        local = Path(
+            self.mlflow.artifacts.download_artifacts(
+                artifact_uri=version.source, dst_path=str(destination), tracking_uri=self.uri
+            )
+        )
         found = sorted(local.rglob("adapter_config.json"))
         if not found:
             raise ValueError(f"version {version.version}: no adapter_config.json in {version.source}")

@@ -27,10 +27,14 @@ def _feedback(assessment: dict):
     from mlflow.entities import AssessmentSource, AssessmentSourceType, Feedback
 
     judge = assessment.get("judge")
-    source = (AssessmentSource(source_type=AssessmentSourceType.LLM_JUDGE, source_id=judge) if judge
-              else AssessmentSource(source_type=AssessmentSourceType.CODE, source_id=CODE_SOURCE))
-    return Feedback(name=assessment["name"], value=assessment["value"], rationale=assessment.get("rationale"),
-                    source=source)
+    source = (
+        AssessmentSource(source_type=AssessmentSourceType.LLM_JUDGE, source_id=judge)
+        if judge
+        else AssessmentSource(source_type=AssessmentSourceType.CODE, source_id=CODE_SOURCE)
+    )
+    return Feedback(
+        name=assessment["name"], value=assessment["value"], rationale=assessment.get("rationale"), source=source
+    )
 
 
 def _scorers(rows: list[dict]) -> list:
@@ -58,8 +62,9 @@ def _scorers(rows: list[dict]) -> list:
 def _run_traces(client, experiment_id: str, run_id: str) -> list[str]:
     ids, token = [], None
     while True:
-        page = client.search_traces(locations=[experiment_id], run_id=run_id, max_results=500, page_token=token,
-                                    include_spans=False)
+        page = client.search_traces(
+            locations=[experiment_id], run_id=run_id, max_results=500, page_token=token, include_spans=False
+        )
         ids += [trace.info.trace_id for trace in page]
         token = page.token
         if not token:
@@ -83,9 +88,15 @@ def log_eval_traces(params: MlflowParams, run_id: str, rows: list[dict]) -> int:
     run = client.get_run(run_id)
     experiment_id = run.info.experiment_id
     earlier = _run_traces(client, experiment_id, run_id)
-    data = [{"inputs": {**row["inputs"], ROW_ID: row["id"]}, "outputs": row["outputs"],
-             "expectations": row["expectations"], "tags": {key: str(value) for key, value in row["tags"].items()}}
-            for row in rows]
+    data = [
+        {
+            "inputs": {**row["inputs"], ROW_ID: row["id"]},
+            "outputs": row["outputs"],
+            "expectations": row["expectations"],
+            "tags": {key: str(value) for key, value in row["tags"].items()},
+        }
+        for row in rows
+    ]
     status = run.info.status
     try:
         with mlflow.start_run(run_id=run_id):
@@ -94,7 +105,7 @@ def log_eval_traces(params: MlflowParams, run_id: str, rows: list[dict]) -> int:
         if status != "RUNNING":  # logging traces does not change how training ended
             client.set_terminated(run_id, status=status)
     for start in range(0, len(earlier), 100):
-        client.delete_traces(experiment_id, trace_ids=earlier[start:start + 100])
+        client.delete_traces(experiment_id, trace_ids=earlier[start : start + 100])
     return len(rows)
 
 

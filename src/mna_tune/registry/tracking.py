@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,7 @@ from ..workspace import project_root
 def tracking_uri(params: MlflowParams) -> str:
     """params first, then MLflow's own MLFLOW_TRACKING_URI (handy for a team server or a
     fresh clone that shares another clone's store), then the repository's sqlite file."""
-    return (params.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{project_root() / 'mlflow.db'}")
+    return params.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
 def connect(params: MlflowParams):
@@ -45,8 +45,10 @@ def connect(params: MlflowParams):
         client.search_experiments(max_results=1)  # reachable and readable, or one line now
     except Exception as exc:  # sqlalchemy, requests and MLflow errors alike
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"MLflow store {uri} cannot be used ({type(exc).__name__}: {detail}); check "
-                         "mlflow.tracking_uri / MLFLOW_TRACKING_URI") from None
+        raise ValueError(
+            f"MLflow store {uri} cannot be used ({type(exc).__name__}: {detail}); check "
+            "mlflow.tracking_uri / MLFLOW_TRACKING_URI"
+        ) from None
     return mlflow, client, uri
 
 
@@ -69,7 +71,7 @@ def dirty_files(outputs: list[str]) -> list[str]:
     return _git("diff", "--name-only", "HEAD", "--", *pathspec).splitlines()
 
 
-def git_info(outputs: list[str] = ()) -> dict[str, str]:
+def git_info(outputs: Sequence[str] = ()) -> dict[str, str]:
     """The commit, whether the code, params or inputs differ from it, and the DVC experiment."""
     dirty = dirty_files(list(outputs))
     info = {"git_commit": _git("rev-parse", "HEAD") or "unknown", "git_dirty": str(bool(dirty)).lower()}
@@ -105,8 +107,11 @@ def _alive(pid: int) -> bool:
 
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
-    return {key: float(value) for key, value in metrics.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    return {
+        key: float(value)
+        for key, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
 
 
 def sqlite_write_problem(database: Path) -> str | None:
@@ -163,7 +168,7 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, **_owner()})
         values = [Param(key, str(value) if value is not None else "null") for key, value in flatten("", params).items()]
         for start in range(0, len(values), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(run.info.run_id, params=values[start:start + 100])
+            self.client.log_batch(run.info.run_id, params=values[start : start + 100])
         return run.info.run_id
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int | None = None) -> None:
@@ -172,7 +177,7 @@ class Tracker:
         stamp = int(time.time() * 1000)
         values = [Metric(key, value, stamp, step or 0) for key, value in _numbers(metrics).items()]
         for start in range(0, len(values), 1000):
-            self.client.log_batch(run_id, metrics=values[start:start + 1000])
+            self.client.log_batch(run_id, metrics=values[start : start + 1000])
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -225,16 +230,20 @@ class Tracker:
         try:
             self.client.get_run(run_id)
         except self.mlflow.exceptions.MlflowException:
-            raise ValueError(f"MLflow run {run_id} (named in {source}) is not in {self.uri}: the store was "
-                             "deleted or replaced, or DVC restored the adapter from a run cache shared with "
-                             "another store; train again (dvc repro --force --single-item train, "
-                             "or dvc exp run --force)") from None
+            raise ValueError(
+                f"MLflow run {run_id} (named in {source}) is not in {self.uri}: the store was "
+                "deleted or replaced, or DVC restored the adapter from a run cache shared with "
+                "another store; train again (dvc repro --force --single-item train, "
+                "or dvc exp run --force)"
+            ) from None
         if self.uri.startswith("sqlite:///"):
             database = Path(self.uri.removeprefix("sqlite:///"))
             problem = sqlite_write_problem(database)
             if problem:
-                raise ValueError(f"{database}: the MLflow store cannot be written ({problem}); evaluate registers "
-                                 "the adapter there: make the file and its folder writable")
+                raise ValueError(
+                    f"{database}: the MLflow store cannot be written ({problem}); evaluate registers "
+                    "the adapter there: make the file and its folder writable"
+                )
 
     def step_callback(self, run_id: str):
         """A transformers TrainerCallback that logs every logged step (loss, lr, grad norm)."""
@@ -258,11 +267,19 @@ class Tracker:
 
         if not datasets:
             return
-        inputs = [DatasetInput(
-            dataset=Dataset(name=d["name"], digest=d["md5"], source_type="local",
-                            source=json.dumps({"uri": d["path"]}), profile=json.dumps({"num_rows": d["rows"]})),
-            tags=[InputTag(key="mlflow.data.context", value=d["context"])],
-        ) for d in datasets]
+        inputs = [
+            DatasetInput(
+                dataset=Dataset(
+                    name=d["name"],
+                    digest=d["md5"],
+                    source_type="local",
+                    source=json.dumps({"uri": d["path"]}),
+                    profile=json.dumps({"num_rows": d["rows"]}),
+                ),
+                tags=[InputTag(key="mlflow.data.context", value=d["context"])],
+            )
+            for d in datasets
+        ]
         self.client.log_inputs(run_id, datasets=inputs)
 
     def run_datasets(self, run_id: str) -> list[dict]:
@@ -271,6 +288,13 @@ class Tracker:
             ds = item.dataset
             profile = json.loads(ds.profile) if ds.profile else {}
             context = next((t.value for t in item.tags if t.key == "mlflow.data.context"), "")
-            out.append({"name": ds.name, "path": json.loads(ds.source).get("uri", ""), "md5": ds.digest,
-                        "rows": profile.get("num_rows"), "context": context})
+            out.append(
+                {
+                    "name": ds.name,
+                    "path": json.loads(ds.source).get("uri", ""),
+                    "md5": ds.digest,
+                    "rows": profile.get("num_rows"),
+                    "context": context,
+                }
+            )
         return out

@@ -13,7 +13,7 @@ from .export import adapter_folder
 
 
 def ask(params: Params, question: str, ref: str | None = None) -> str:
-    from ..evaluation.evaluate import settings_of
+    from ..decoding import settings_of
     from ..evaluation.generation import generate
     from ..modeling import load_adapter_model, load_tokenizer
 

@@ -35,13 +35,15 @@ def check_target(out: Path, force: bool) -> None:
     if not out.exists() or not any(out.iterdir()):
         return
     if not force:
-        raise ValueError(f"export: {out} exists and is not empty; name a new folder, or add --force to replace a "
-                         "previous export")
+        raise ValueError(
+            f"export: {out} exists and is not empty; name a new folder, or add --force to replace a previous export"
+        )
     if project_root().resolve().is_relative_to(out) or (out / ".git").exists():
         raise ValueError(f"export: {out} holds a repository; refusing to replace it even with --force")
     if not (out / MARKER).is_file():
-        raise ValueError(f"export: {out} is not a previous export (no {MARKER} in it); refusing to replace it "
-                         "even with --force")
+        raise ValueError(
+            f"export: {out} is not a previous export (no {MARKER} in it); refusing to replace it even with --force"
+        )
 
 
 def export_merged(params: Params, out: Path, ref: str | None = None, force: bool = False) -> Path:

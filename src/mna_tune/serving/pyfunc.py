@@ -11,22 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow.pyfunc
+from mlflow.pyfunc import PythonModel
 
 from ..chat import SYSTEM_PROMPT, build_messages, strip_think
-
-SERVING_CONFIG = "serving_config.json"
-
-
-def serving_config(params) -> dict:
-    """What a registered version needs besides its adapter: the base model and how the
-    evaluation decoded (answers then match the evaluated ones)."""
-    from dataclasses import asdict
-
-    from ..evaluation.evaluate import settings_of
-
-    return {"base": params.model.base, "model": params.model.model_dump(mode="json"),
-            "generation": asdict(settings_of(params))}
+from ..decoding import GenerationSettings
 
 
 def to_conversations(model_input) -> list[list[dict]]:
@@ -67,12 +55,11 @@ def to_conversations(model_input) -> list[list[dict]]:
     return conversations
 
 
-class AdapterChatModel(mlflow.pyfunc.PythonModel):
+class AdapterChatModel(PythonModel):
     """pyfunc flavour: predict(questions or messages) -> Korean answers, chat-formatted
     exactly as in training (Qwen3 no-think)."""
 
     def load_context(self, context):
-        from ..evaluation.generation import GenerationSettings
         from ..modeling import load_adapter_model, load_tokenizer
         from ..params import ModelParams
 

@@ -10,6 +10,7 @@ are encoded with `chat.prompt_ids`, so message text never becomes a control toke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -20,6 +21,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -45,6 +47,7 @@ MAX_STOPS, MAX_STOP_CHARS = 4, 256  # OpenAI allows 4; the length bounds the per
 @dataclass(frozen=True)
 class Limits:
     """What one request may cost. The CLI's defaults (`mna-tune serve --help`) are these."""
+
     max_tokens_cap: int = 2048
     request_timeout_s: float = 120.0
     max_concurrency: int = 1
@@ -52,15 +55,24 @@ class Limits:
 
     def check(self) -> None:
         if self.max_tokens_cap < 1 or self.request_timeout_s <= 0 or self.max_concurrency < 1:
-            raise ValueError("serve: --max-tokens-cap and --max-concurrency must be at least 1 and "
-                             "--request-timeout positive")
+            raise ValueError(
+                "serve: --max-tokens-cap and --max-concurrency must be at least 1 and --request-timeout positive"
+            )
 
 
 # ---------------------------------------------------------------- errors, in OpenAI's shape
 
+
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type_: str = "invalid_request_error", headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        type_: str = "invalid_request_error",
+        headers: Mapping[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
         self.headers = headers
@@ -71,8 +83,9 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
 
 
 def error_response(error: ApiError) -> JSONResponse:
-    return JSONResponse(error_body(error.message, error.type, error.param, error.code), status_code=error.status,
-                        headers=error.headers)
+    return JSONResponse(
+        error_body(error.message, error.type, error.param, error.code), status_code=error.status, headers=error.headers
+    )
 
 
 def param_path(loc) -> str:
@@ -91,11 +104,13 @@ def validation_error(exc) -> ApiError:
         return ApiError(400, "the request body is not valid JSON", code="invalid_json")
     if first.get("type") == "extra_forbidden":
         return ApiError(400, f"{param}: unknown or unsupported field", param=param, code="unsupported_field")
-    return ApiError(400, f"{param}: {first.get('msg')}" if param else str(first.get("msg")), param=param,
-                    code="invalid_value")
+    return ApiError(
+        400, f"{param}: {first.get('msg')}" if param else str(first.get("msg")), param=param, code="invalid_value"
+    )
 
 
 # ---------------------------------------------------------------- the request
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -116,6 +131,7 @@ class StreamOptions(Strict):
 
 class ChatRequest(BaseModel):
     """The honoured fields; everything else lands in `model_extra` and is refused by `plan`."""
+
     model_config = ConfigDict(extra="allow")
 
     messages: list[Message]
@@ -125,7 +141,7 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: Any = None  # a string or a list of strings: checked by stops_of
-    seed: int | None = Field(None, ge=-2**63, le=2**63 - 1)
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     chat_template_kwargs: ChatTemplateKwargs | None = None
@@ -133,10 +149,32 @@ class ChatRequest(BaseModel):
 
 # Chat-completions fields this server cannot honour. Setting one is refused, never ignored;
 # null, or the one value that changes nothing (below), is accepted.
-UNSUPPORTED = ("audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs", "metadata",
-               "modalities", "n", "parallel_tool_calls", "prediction", "presence_penalty", "prompt_cache_key",
-               "reasoning_effort", "response_format", "safety_identifier", "service_tier", "store", "tool_choice",
-               "tools", "top_logprobs", "user", "verbosity", "web_search_options")
+UNSUPPORTED = (
+    "audio",
+    "frequency_penalty",
+    "function_call",
+    "functions",
+    "logit_bias",
+    "logprobs",
+    "metadata",
+    "modalities",
+    "n",
+    "parallel_tool_calls",
+    "prediction",
+    "presence_penalty",
+    "prompt_cache_key",
+    "reasoning_effort",
+    "response_format",
+    "safety_identifier",
+    "service_tier",
+    "store",
+    "tool_choice",
+    "tools",
+    "top_logprobs",
+    "user",
+    "verbosity",
+    "web_search_options",
+)
 NEUTRAL = {"n": 1, "frequency_penalty": 0, "presence_penalty": 0, "logprobs": False, "store": False}
 
 
@@ -151,6 +189,7 @@ class Sampling:
 @dataclass(frozen=True)
 class Plan:
     """A validated request: what to generate, how, and how to answer."""
+
     input_ids: list[int]
     max_new_tokens: int
     sampling: Sampling | None  # None: greedy
@@ -183,15 +222,22 @@ def message_text(index: int, content) -> str:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise ApiError(400, f"messages[{index}].content must be a string or a list of text parts",
-                       param=f"messages[{index}].content")
+        raise ApiError(
+            400,
+            f"messages[{index}].content must be a string or a list of text parts",
+            param=f"messages[{index}].content",
+        )
     texts = []
     for j, part in enumerate(content):
         param = f"messages[{index}].content[{j}]"
         kind = part.get("type") if isinstance(part, dict) else type(part).__name__
         if kind != "text" or not isinstance(part.get("text"), str) or set(part) != {"type", "text"}:
-            raise ApiError(400, f"{param}: only {{\"type\": \"text\", \"text\": \"...\"}} parts are supported, "
-                           f"got {kind!r}", param=param, code="unsupported_content")
+            raise ApiError(
+                400,
+                f'{param}: only {{"type": "text", "text": "..."}} parts are supported, got {kind!r}',
+                param=param,
+                code="unsupported_content",
+            )
         texts.append(part["text"])
     return "\n".join(texts)
 
@@ -203,8 +249,12 @@ def conversation_of(messages: list[Message]) -> list[dict]:
     conversation = []
     for i, message in enumerate(messages):
         if message.role not in ROLES:
-            raise ApiError(400, f"messages[{i}].role {message.role!r} is not supported; use system, user or "
-                           "assistant", param=f"messages[{i}].role", code="invalid_role")
+            raise ApiError(
+                400,
+                f"messages[{i}].role {message.role!r} is not supported; use system, user or assistant",
+                param=f"messages[{i}].role",
+                code="invalid_role",
+            )
         conversation.append({"role": ROLES[message.role], "content": message_text(i, message.content)})
     if not any(m["role"] == "user" for m in conversation):
         raise ApiError(400, "messages hold no user message: there is nothing to answer", param="messages")
@@ -214,16 +264,21 @@ def conversation_of(messages: list[Message]) -> list[dict]:
 
 
 def requested_tokens(request: ChatRequest, cap: int) -> int | None:
-    given = {name: value for name in ("max_completion_tokens", "max_tokens")
-             if (value := getattr(request, name)) is not None}
+    given = {
+        name: value for name in ("max_completion_tokens", "max_tokens") if (value := getattr(request, name)) is not None
+    }
     if len(set(given.values())) > 1:
         raise ApiError(400, "max_tokens and max_completion_tokens differ; send one", param="max_tokens")
     for name, value in given.items():
         if value < 1:
             raise ApiError(400, f"{name} must be at least 1, got {value}", param=name, code="invalid_value")
         if value > cap:
-            raise ApiError(400, f"{name} {value} is more than this server allows ({cap}, --max-tokens-cap)",
-                           param=name, code="invalid_value")
+            raise ApiError(
+                400,
+                f"{name} {value} is more than this server allows ({cap}, --max-tokens-cap)",
+                param=name,
+                code="invalid_value",
+            )
     return next(iter(given.values()), None)
 
 
@@ -232,18 +287,25 @@ def stops_of(stop) -> tuple[str, ...]:
     if stop is None:
         return ()
     stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or len(stops) > MAX_STOPS or \
-            any(not isinstance(s, str) or not s or len(s) > MAX_STOP_CHARS for s in stops):
-        raise ApiError(400, f"stop takes a string or up to {MAX_STOPS} non-empty strings of at most "
-                       f"{MAX_STOP_CHARS} characters", param="stop")
+    if (
+        not isinstance(stops, list)
+        or len(stops) > MAX_STOPS
+        or any(not isinstance(s, str) or not s or len(s) > MAX_STOP_CHARS for s in stops)
+    ):
+        raise ApiError(
+            400,
+            f"stop takes a string or up to {MAX_STOPS} non-empty strings of at most {MAX_STOP_CHARS} characters",
+            param="stop",
+        )
     return tuple(stops)
 
 
 def sampling_of(request: ChatRequest, settings) -> Sampling | None:
     """OpenAI's sampling fields over the served settings (the evaluation's decoding, greedy by
     default): temperature 0 is greedy; top_p alone samples at temperature 1, as OpenAI does."""
-    temperature, top_p, top_k = (settings.temperature, settings.top_p, settings.top_k) if settings.do_sample \
-        else (0.0, 1.0, 0)
+    temperature, top_p, top_k = (
+        (settings.temperature, settings.top_p, settings.top_k) if settings.do_sample else (0.0, 1.0, 0)
+    )
     if request.top_p is not None:
         top_p = request.top_p
         temperature = temperature or 1.0
@@ -258,8 +320,12 @@ def sampling_of(request: ChatRequest, settings) -> Sampling | None:
 def plan(request: ChatRequest, model: AdapterChatModel, name: str, limits: Limits) -> Plan:
     check_fields(request)
     if request.model not in (None, name):
-        raise ApiError(404, f"the model {request.model!r} does not exist; this server serves {name!r}",
-                       param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"the model {request.model!r} does not exist; this server serves {name!r}",
+            param="model",
+            code="model_not_found",
+        )
     conversation = conversation_of(request.messages)
     requested = requested_tokens(request, limits.max_tokens_cap)
     stops = stops_of(request.stop)
@@ -268,14 +334,27 @@ def plan(request: ChatRequest, model: AdapterChatModel, name: str, limits: Limit
     context = model.model.config.max_position_embeddings
     room = context - len(ids)
     if room < (requested or 1):
-        raise ApiError(400, f"the prompt has {len(ids)} tokens and {requested or 1} more are asked for: more than "
-                       f"the model's context of {context} tokens", param="messages", code="context_length_exceeded")
+        raise ApiError(
+            400,
+            f"the prompt has {len(ids)} tokens and {requested or 1} more are asked for: more than "
+            f"the model's context of {context} tokens",
+            param="messages",
+            code="context_length_exceeded",
+        )
     max_new = requested or min(model.settings.max_new_tokens, limits.max_tokens_cap, room)
-    return Plan(ids, max_new, sampling_of(request, model.settings), stops, thinking, request.stream,
-                bool(request.stream_options and request.stream_options.include_usage))
+    return Plan(
+        ids,
+        max_new,
+        sampling_of(request, model.settings),
+        stops,
+        thinking,
+        request.stream,
+        bool(request.stream_options and request.stream_options.include_usage),
+    )
 
 
 # ---------------------------------------------------------------- generation
+
 
 class Interrupt(StoppingCriteria):
     """Stops generation, after the current token, when one of `events` is set (client gone,
@@ -311,7 +390,8 @@ class SeededSampler(LogitsProcessor):
     requests). It picks the token and leaves only it possible; generate runs greedy."""
 
     def __init__(self, sampling: Sampling):
-        self.sampling, self.generator = sampling, None
+        self.sampling = sampling
+        self.generator: torch.Generator | None = None
 
     def __call__(self, input_ids, scores):
         s = self.sampling
@@ -373,8 +453,7 @@ class Job:
     process). Text pieces (when streaming) and the outcome arrive on an asyncio queue; the
     slot is given back when the thread ends, not when the response does."""
 
-    def __init__(self, model: AdapterChatModel, plan_: Plan, stopping: threading.Event, slots: Slots,
-                 timeout_s: float):
+    def __init__(self, model: AdapterChatModel, plan_: Plan, stopping: threading.Event, slots: Slots, timeout_s: float):
         self.model, self.plan, self.slots = model, plan_, slots
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -395,20 +474,24 @@ class Job:
             return None
 
     def _put(self, item) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone, nobody waits
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: the server is gone, nobody waits
-            pass
 
     def _kwargs(self) -> dict:
         model, plan_ = self.model, self.plan
         settings = replace(model.settings, max_new_tokens=plan_.max_new_tokens, do_sample=False)
         input_ids = torch.tensor([plan_.input_ids], device=model.model.device)
-        criteria = [self.interrupt] + ([StopText(model.tokenizer, plan_.stops, len(plan_.input_ids))]
-                                       if plan_.stops else [])
-        kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **settings.generate_kwargs(),
-                      pad_token_id=model.tokenizer.pad_token_id, eos_token_id=model.tokenizer.eos_token_id,
-                      stopping_criteria=StoppingCriteriaList(criteria))
+        criteria = [self.interrupt] + (
+            [StopText(model.tokenizer, plan_.stops, len(plan_.input_ids))] if plan_.stops else []
+        )
+        kwargs = dict(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            **settings.generate_kwargs(),
+            pad_token_id=model.tokenizer.pad_token_id,
+            eos_token_id=model.tokenizer.eos_token_id,
+            stopping_criteria=StoppingCriteriaList(criteria),
+        )
         if plan_.sampling:
             kwargs["logits_processor"] = LogitsProcessorList([SeededSampler(plan_.sampling)])
         if plan_.stream:
@@ -420,7 +503,7 @@ class Job:
         try:
             with torch.no_grad():
                 output = self.model.model.generate(**self._kwargs())
-            outcome.tokens = output[0, len(self.plan.input_ids):].tolist()
+            outcome.tokens = output[0, len(self.plan.input_ids) :].tolist()
         except BaseException as exc:  # reported to the client; the thread must still give the slot back
             outcome.error = exc
         finally:
@@ -440,7 +523,7 @@ def split_think(text: str) -> tuple[str, str]:
     body = text.lstrip()
     reasoning, content = "", text
     if body.startswith(TAGS[0]):
-        reasoning, _, content = body[len(TAGS[0]):].partition(TAGS[1])
+        reasoning, _, content = body[len(TAGS[0]) :].partition(TAGS[1])
     for tag in TAGS:
         content = content.replace(tag, "")
     return reasoning.strip(), content.strip()
@@ -466,7 +549,7 @@ class Reply:
             self.raw += piece
             cuts = [i for i in (self.raw.find(stop) for stop in self.stops) if i >= 0]
             if cuts:
-                self.raw, self.stopped = self.raw[:min(cuts)], True
+                self.raw, self.stopped = self.raw[: min(cuts)], True
         return self._deltas(final=False)
 
     def finish(self) -> dict[str, str]:
@@ -475,14 +558,14 @@ class Reply:
     def _visible(self, final: bool) -> tuple[str, str]:
         text = self.raw
         if not (final or self.stopped):
-            text = text[:len(text) - undecided_tail(text, self.stops + TAGS)]
+            text = text[: len(text) - undecided_tail(text, self.stops + TAGS)]
         return split_think(text)
 
     def _deltas(self, final: bool) -> dict[str, str]:
         deltas = {}
         for field, visible in zip(("reasoning", "content"), self._visible(final)):
             if visible.startswith(self.sent[field]) and len(visible) > len(self.sent[field]):
-                deltas[field] = visible[len(self.sent[field]):]
+                deltas[field] = visible[len(self.sent[field]) :]
                 self.sent[field] = visible
         return deltas
 
@@ -494,8 +577,11 @@ def finish_reason(outcome: Outcome, reply: Reply, plan_: Plan, eos_id: int) -> s
 
 def usage(plan_: Plan, outcome: Outcome, eos_id: int) -> dict:
     completion = sum(1 for token in outcome.tokens if token != eos_id)
-    return {"prompt_tokens": len(plan_.input_ids), "completion_tokens": completion,
-            "total_tokens": len(plan_.input_ids) + completion}
+    return {
+        "prompt_tokens": len(plan_.input_ids),
+        "completion_tokens": completion,
+        "total_tokens": len(plan_.input_ids) + completion,
+    }
 
 
 def outcome_error(outcome: Outcome, limits: Limits) -> ApiError | None:
@@ -503,14 +589,20 @@ def outcome_error(outcome: Outcome, limits: Limits) -> ApiError | None:
         log.error("generation failed", exc_info=outcome.error)
         return ApiError(500, "generation failed on the server", type_="server_error", code="generation_failed")
     if outcome.timed_out:
-        return ApiError(504, f"generation took longer than the request time limit ({limits.request_timeout_s:g} s, "
-                        "--request-timeout); ask for fewer tokens", type_="timeout_error", code="request_timeout")
+        return ApiError(
+            504,
+            f"generation took longer than the request time limit ({limits.request_timeout_s:g} s, "
+            "--request-timeout); ask for fewer tokens",
+            type_="timeout_error",
+            code="request_timeout",
+        )
     if outcome.interrupted:
         return ApiError(503, "the server is shutting down", type_="server_error", code="server_shutting_down")
     return None
 
 
 # ---------------------------------------------------------------- the app
+
 
 class BearerAuth:
     """Every request must carry `Authorization: Bearer <key>` (compared in constant time).
@@ -523,9 +615,13 @@ class BearerAuth:
         if scope["type"] == "http":
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                error = ApiError(401, "a valid API key is required: Authorization: Bearer <key>",
-                                 type_="authentication_error", code="invalid_api_key",
-                                 headers={"WWW-Authenticate": "Bearer"})
+                error = ApiError(
+                    401,
+                    "a valid API key is required: Authorization: Bearer <key>",
+                    type_="authentication_error",
+                    code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
                 await error_response(error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -544,13 +640,17 @@ def create_app(model: AdapterChatModel, model_name: str, limits: Limits = Limits
     app.state.slots = slots = Slots(limits.max_concurrency)
     eos_id = model.tokenizer.eos_token_id
 
-    async def api_error(request, exc: ApiError):
+    # Starlette types every handler as (Request, Exception); each is registered for one class.
+    async def api_error(request, exc: Exception):
+        assert isinstance(exc, ApiError)
         return error_response(exc)
 
-    async def invalid_request(request, exc: RequestValidationError):
+    async def invalid_request(request, exc: Exception):
+        assert isinstance(exc, RequestValidationError)
         return error_response(validation_error(exc))
 
-    async def http_error(request, exc: HTTPException):  # unknown path, wrong method
+    async def http_error(request, exc: Exception):  # unknown path, wrong method
+        assert isinstance(exc, HTTPException)
         return error_response(ApiError(exc.status_code, str(exc.detail), headers=exc.headers))
 
     async def server_error(request, exc: Exception):  # the traceback goes to the log, not to the client
@@ -565,8 +665,7 @@ def create_app(model: AdapterChatModel, model_name: str, limits: Limits = Limits
 
     @app.get("/v1/models")
     def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
-                                            "owned_by": "mna-tune"}]}
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "mna-tune"}]}
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
@@ -575,9 +674,13 @@ def create_app(model: AdapterChatModel, model_name: str, limits: Limits = Limits
         if app.state.stopping.is_set():
             raise ApiError(503, "the server is shutting down", type_="server_error", code="server_shutting_down")
         if not slots.take():
-            raise ApiError(429, f"the server is busy ({limits.max_concurrency} request(s) in flight, "
-                           "--max-concurrency); retry later", type_="rate_limit_error", code="server_busy",
-                           headers={"Retry-After": "1"})
+            raise ApiError(
+                429,
+                f"the server is busy ({limits.max_concurrency} request(s) in flight, --max-concurrency); retry later",
+                type_="rate_limit_error",
+                code="server_busy",
+                headers={"Retry-After": "1"},
+            )
         try:
             job = Job(model, plan_, app.state.stopping, slots, limits.request_timeout_s)
             job.start()
@@ -586,8 +689,9 @@ def create_app(model: AdapterChatModel, model_name: str, limits: Limits = Limits
             raise
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
         if plan_.stream:
-            return StreamingResponse(stream(job, plan_, meta), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                stream(job, plan_, meta), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
         return await complete(job, plan_, meta, request)
 
     async def complete(job: Job, plan_: Plan, meta: dict, request: Request):
@@ -606,14 +710,28 @@ def create_app(model: AdapterChatModel, model_name: str, limits: Limits = Limits
         message = {"role": "assistant", "content": reply.sent["content"]}
         if plan_.enable_thinking:
             message["reasoning_content"] = reply.sent["reasoning"]
-        return {**meta, "object": "chat.completion",
-                "choices": [{"index": 0, "message": message, "logprobs": None,
-                             "finish_reason": finish_reason(outcome, reply, plan_, eos_id)}],
-                "usage": usage(plan_, outcome, eos_id)}
+        return {
+            **meta,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": finish_reason(outcome, reply, plan_, eos_id),
+                }
+            ],
+            "usage": usage(plan_, outcome, eos_id),
+        }
 
     def chunk(meta: dict, delta: dict, finish: str | None = None) -> str:
-        return sse({**meta, "object": "chat.completion.chunk",
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+        return sse(
+            {
+                **meta,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
+        )
 
     def deltas_of(reply_deltas: dict, thinking: bool) -> dict:
         delta = {"content": reply_deltas["content"]} if "content" in reply_deltas else {}
@@ -645,8 +763,9 @@ def create_app(model: AdapterChatModel, model_name: str, limits: Limits = Limits
                 yield chunk(meta, delta)
             yield chunk(meta, {}, finish_reason(outcome, reply, plan_, eos_id))
             if plan_.include_usage:
-                yield sse({**meta, "object": "chat.completion.chunk", "choices": [],
-                           "usage": usage(plan_, outcome, eos_id)})
+                yield sse(
+                    {**meta, "object": "chat.completion.chunk", "choices": [], "usage": usage(plan_, outcome, eos_id)}
+                )
             yield sse("[DONE]")
         finally:
             job.cancel()
@@ -655,6 +774,7 @@ def create_app(model: AdapterChatModel, model_name: str, limits: Limits = Limits
 
 
 # ---------------------------------------------------------------- running it
+
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -667,8 +787,12 @@ def is_loopback(host: str) -> bool:
 
 def warn_if_exposed(host: str, limits: Limits) -> None:
     if not is_loopback(host) and not limits.api_key:
-        print(f"serve: warning: listening on {host} without an API key: anyone who can reach it can use the "
-              f"model; set --api-key or {API_KEY_ENV}", file=sys.stderr, flush=True)
+        print(
+            f"serve: warning: listening on {host} without an API key: anyone who can reach it can use the "
+            f"model; set --api-key or {API_KEY_ENV}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def serve(model: AdapterChatModel, name: str, limits: Limits, host: str, port: int) -> None:
@@ -690,8 +814,12 @@ def serve(model: AdapterChatModel, name: str, limits: Limits, host: str, port: i
 
 
 def limits_of(args) -> Limits:
-    limits = Limits(max_tokens_cap=args.max_tokens_cap, request_timeout_s=args.request_timeout,
-                    max_concurrency=args.max_concurrency, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None)
+    limits = Limits(
+        max_tokens_cap=args.max_tokens_cap,
+        request_timeout_s=args.request_timeout,
+        max_concurrency=args.max_concurrency,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+    )
     limits.check()
     return limits
 

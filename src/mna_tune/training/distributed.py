@@ -29,10 +29,24 @@ def needs_launch(train: TrainParams) -> bool:
 def launch_command(train: TrainParams, stage_argv: list[str]) -> list[str]:
     """`accelerate launch` of `python -m mna_tune <stage_argv>` with the configured processes."""
     if not train.accelerate_config.is_file():
-        raise ValueError(f"train.accelerate_config: {train.accelerate_config} not found "
-                         "(configs/accelerate holds ddp.yaml, fsdp.yaml and deepspeed_zero3.yaml)")
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(train.accelerate_config),
-            "--num_processes", str(train.num_processes), "--num_machines", "1", "-m", "mna_tune", *stage_argv]
+        raise ValueError(
+            f"train.accelerate_config: {train.accelerate_config} not found "
+            "(configs/accelerate holds ddp.yaml, fsdp.yaml and deepspeed_zero3.yaml)"
+        )
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(train.accelerate_config),
+        "--num_processes",
+        str(train.num_processes),
+        "--num_machines",
+        "1",
+        "-m",
+        "mna_tune",
+        *stage_argv,
+    ]
 
 
 def relaunch_if_needed(train: TrainParams, stage_argv: list[str]) -> None:

@@ -90,8 +90,9 @@ class KeptTokenLogProb(torch.autograd.Function):
         n, vocab = hidden.shape[0], weight.shape[0]
         w, b = weight.to(dtype), bias.to(dtype) if bias is not None else None
         recompute = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        row_grads = hidden.new_empty(hidden.shape, dtype=torch.float32) \
-            if ctx.needs_input_grad[0] and not recompute else None
+        row_grads = (
+            hidden.new_empty(hidden.shape, dtype=torch.float32) if ctx.needs_input_grad[0] and not recompute else None
+        )
         log_probs = hidden.new_empty(n, dtype=torch.float32)
         log_z = hidden.new_empty(n, dtype=torch.float32)
         entropy = hidden.new_empty(n, dtype=torch.float32)
@@ -162,9 +163,14 @@ class KeptTokenLogProb(torch.autograd.Function):
                 if needs_bias:
                     grad_bias += (grad.float() * scale).sum(0)
             del buffer
-        return (grad_hidden,
-                grad_weight.to(weight.dtype) if needs_weight else None,
-                grad_bias.to(bias.dtype) if needs_bias else None, None, None, None)
+        return (
+            grad_hidden,
+            grad_weight.to(weight.dtype) if needs_weight else None,
+            grad_bias.to(bias.dtype) if needs_bias else None,
+            None,
+            None,
+            None,
+        )
 
 
 @dataclass
@@ -178,8 +184,13 @@ class KeptTokenOutput(ModelOutput):
     label_mask: torch.Tensor | None = None
 
 
-def kept_token_log_probs(hidden_states: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor | None,
-                         shift_labels: torch.Tensor | None = None, rows: int | None = None) -> KeptTokenOutput:
+def kept_token_log_probs(
+    hidden_states: torch.Tensor,
+    lm_head: torch.nn.Module,
+    labels: torch.Tensor | None,
+    shift_labels: torch.Tensor | None = None,
+    rows: int | None = None,
+) -> KeptTokenOutput:
     """Score the trained positions of `hidden_states` [batch, seq, hidden] (the backbone's
     last hidden state) through `lm_head`, never all positions at once."""
     from torch.distributed.tensor import DTensor
@@ -193,15 +204,18 @@ def kept_token_log_probs(hidden_states: torch.Tensor, lm_head: torch.nn.Module, 
     if isinstance(weight, DTensor):  # FSDP2 shards the head: gather it once, as TRL's fused head does
         weight = weight.full_tensor()
         bias = bias.full_tensor() if bias is not None else None
-    mask, targets = kept_positions(labels.to(weight.device) if labels is not None else None,
-                                   shift_labels.to(weight.device) if shift_labels is not None else None)
+    mask, targets = kept_positions(
+        labels.to(weight.device) if labels is not None else None,
+        shift_labels.to(weight.device) if shift_labels is not None else None,
+    )
     kept = hidden_states.to(weight.device)[mask]
     device = kept.device.type
     # the head's matrix products run in the autocast dtype (as lm_head(...) would), else in the weight's
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     with torch.autocast(device, enabled=False), maybe_gather_lm_head_ctx(weight, bias):
-        log_probs, entropy, is_top1 = KeptTokenLogProb.apply(kept, weight, bias, targets,
-                                                             rows or chunk_rows(weight.shape[0]), dtype)
+        log_probs, entropy, is_top1 = KeptTokenLogProb.apply(
+            kept, weight, bias, targets, rows or chunk_rows(weight.shape[0]), dtype
+        )
     return KeptTokenOutput(log_probs, entropy, is_top1, mask)
 
 
@@ -209,8 +223,7 @@ def supports_kept_token_head(config) -> str | None:
     """Why the kept-token head cannot stand in for the model's own (None when it can):
     it assumes logits are exactly lm_head(hidden), as in Qwen3."""
     text = config.get_text_config()
-    for name in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
-                 "logits_scaling"):
+    for name in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"):
         if getattr(text, name, None) not in (None, 1, 1.0):
             return f"the model scales its logits ({name})"
     return None
@@ -279,16 +292,21 @@ def kept_token_trainer_class():
                 return "label smoothing or a loss_type other than nll"
             if self.aux_loss_enabled:
                 return "mixture-of-experts router loss"
-            if (Version(accelerate.__version__) >= Version("1.12.0") and parallelism is not None
-                    and parallelism.sp_enabled and parallelism.sp_backend == "deepspeed"):
+            if (
+                Version(accelerate.__version__) >= Version("1.12.0")
+                and parallelism is not None
+                and parallelism.sp_enabled
+                and parallelism.sp_backend == "deepspeed"
+            ):
                 return "DeepSpeed sequence parallelism reduces the model's own loss"
             return supports_kept_token_head(self.model.config)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # return_outputs wants logits (compute_metrics): TRL recomputes them; so do we
             if self.kept_token_off is not None or return_outputs:
-                return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                            num_items_in_batch=num_items_in_batch)
+                return super().compute_loss(
+                    model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+                )
             mode = "train" if self.model.training else "eval"
             inputs["use_cache"] = False
             outputs = model(**inputs, kept_token_loss=True)
@@ -306,7 +324,8 @@ def kept_token_trainer_class():
             num_correct = gather(outputs.is_top1.sum()).sum()
             self._metrics[mode]["entropy"].append((entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
             self._metrics[mode]["mean_token_accuracy"].append(
-                (num_correct / num_valid).item() if num_valid > 0 else 0.0)
+                (num_correct / num_valid).item() if num_valid > 0 else 0.0
+            )
             if mode == "train":
                 if "attention_mask" in inputs:
                     local = inputs["attention_mask"].sum()

@@ -25,12 +25,15 @@ def checkpoint_dir(params: Params) -> Path:
     rerun after an interruption resumes; anything changed -> a fresh folder."""
     splits = params.paths.split
     code = Path(__file__).parents[1]
-    fingerprint = json.dumps({
-        "params": params.model_dump(mode="json", include={"chat", "model", "lora", "train"}),
-        "data": [file_md5(path) for path in (splits.train, splits.val) if path.exists()],
-        "code": [file_md5(path) for path in sorted((code / "training").glob("*.py"))]
-        + [file_md5(code / name) for name in ("chat.py", "modeling.py")],
-    }, sort_keys=True)
+    fingerprint = json.dumps(
+        {
+            "params": params.model_dump(mode="json", include={"chat", "model", "lora", "train"}),
+            "data": [file_md5(path) for path in (splits.train, splits.val) if path.exists()],
+            "code": [file_md5(path) for path in sorted((code / "training").glob("*.py"))]
+            + [file_md5(code / name) for name in ("chat.py", "modeling.py")],
+        },
+        sort_keys=True,
+    )
     return project_root() / params.paths.cache / "checkpoints" / hashlib.sha256(fingerprint.encode()).hexdigest()[:20]
 
 
@@ -63,8 +66,9 @@ def dataset_inputs(params: Params, lock: Path = Path("dvc.lock")) -> list[dict]:
     for key, md5 in lineage_from_lock(lock, stages).items():
         _, stage, path = key.split(".", 2)
         rows = extract_rows if stage == "extract" else _rows(Path(path))
-        out.append({"name": Path(path).name, "path": path, "md5": md5, "rows": rows,
-                    "context": contexts.get(path, "raw")})
+        out.append(
+            {"name": Path(path).name, "path": path, "md5": md5, "rows": rows, "context": contexts.get(path, "raw")}
+        )
     return out
 
 
@@ -73,8 +77,11 @@ def checkpoint_to_resume(checkpoints: Path, clean: bool = True) -> Path | None:
     had steps left there. A checkpoint at the last step (training finished, then the stage
     stopped: the input guard, or a kill before the adapter was saved) leaves nothing to
     train, and resuming it would report no loss: it is removed and training starts over."""
-    complete = [state.parent for state in checkpoints.glob("checkpoint-*/trainer_state.json")
-                if state.parent.name.removeprefix("checkpoint-").isdigit()]
+    complete = [
+        state.parent
+        for state in checkpoints.glob("checkpoint-*/trainer_state.json")
+        if state.parent.name.removeprefix("checkpoint-").isdigit()
+    ]
     if not complete:
         return None
     newest = max(complete, key=lambda folder: int(folder.name.removeprefix("checkpoint-")))
@@ -98,7 +105,7 @@ def _remove_checkpoints_of(run_id: str, keep: Path) -> None:
             shutil.rmtree(run_file.parent, ignore_errors=True)
 
 
-def _start_or_resume_run(params: Params, checkpoints: Path, resume: bool):
+def _start_or_resume_run(params: Params, checkpoints: Path, resume: Path | None):
     """The interrupted run goes on (one MLflow run, one loss curve); otherwise a new one.
     Runs that a killed process left RUNNING on this machine are marked KILLED first."""
     from ..registry.tracking import Tracker, git_info
@@ -180,10 +187,17 @@ def run_train(params: Params, check_inputs=lambda: None) -> dict | None:
     val_records, val_too_long, val_max_length = fit_to_max_length(tokenizer, val_records, max_length, cfg.too_long)
     max_length = max(max_length, val_max_length)
     if not train_records:
-        raise ValueError(f"{splits.train}: every row is longer than train.max_length ({cfg.max_length} tokens); "
-                         "raise it or set train.too_long: keep")
-    rows = {"train_rows": len(train_records), "val_rows": len(val_records), "rows_longer_than_max_length": too_long,
-            "val_rows_longer_than_max_length": val_too_long, "max_length_used": max_length}
+        raise ValueError(
+            f"{splits.train}: every row is longer than train.max_length ({cfg.max_length} tokens); "
+            "raise it or set train.too_long: keep"
+        )
+    rows = {
+        "train_rows": len(train_records),
+        "val_rows": len(val_records),
+        "rows_longer_than_max_length": too_long,
+        "val_rows_longer_than_max_length": val_too_long,
+        "max_length_used": max_length,
+    }
 
     checkpoints = checkpoint_dir(params)
     resume = checkpoint_to_resume(checkpoints, clean=main)
@@ -193,8 +207,20 @@ def run_train(params: Params, check_inputs=lambda: None) -> dict | None:
         return None
     tracker, run_id = _start_or_resume_run(params, checkpoints, resume)
     try:  # from here on the run ends FINISHED, FAILED (with the error) or KILLED, never RUNNING
-        metrics = _train_and_save(params, model, tokenizer, train_records, val_records, checkpoints, max_length,
-                                  resume, tracker, run_id, rows, check_inputs)
+        metrics = _train_and_save(
+            params,
+            model,
+            tokenizer,
+            train_records,
+            val_records,
+            checkpoints,
+            max_length,
+            resume,
+            tracker,
+            run_id,
+            rows,
+            check_inputs,
+        )
     except (KeyboardInterrupt, SystemExit) as stop:
         tracker.end_run(run_id, "KILLED", stop)
         raise
@@ -208,11 +234,31 @@ def run_train(params: Params, check_inputs=lambda: None) -> dict | None:
     return metrics
 
 
-def _train_and_save(params, model, tokenizer, train_records, val_records, checkpoints, max_length, resume, tracker,
-                    run_id, rows, check_inputs) -> dict:
+def _train_and_save(
+    params,
+    model,
+    tokenizer,
+    train_records,
+    val_records,
+    checkpoints,
+    max_length,
+    resume,
+    tracker,
+    run_id,
+    rows,
+    check_inputs,
+) -> dict:
     paths = params.paths.train
-    trainer = build_trainer(params, model, tokenizer, train_records, val_records, checkpoints, max_length,
-                            callbacks=[tracker.step_callback(run_id)])
+    trainer = build_trainer(
+        params,
+        model,
+        tokenizer,
+        train_records,
+        val_records,
+        checkpoints,
+        max_length,
+        callbacks=[tracker.step_callback(run_id)],
+    )
     if resume:
         print(f"train: resuming from the last checkpoint, {resume}")
     started = time.perf_counter()
@@ -226,8 +272,10 @@ def _train_and_save(params, model, tokenizer, train_records, val_records, checkp
     write_json(paths.run_info, {"run_id": run_id, "tracking_uri": tracker.uri})
     tracker.log_metrics(run_id, {k: v for k, v in everything.items() if v is not None})
     tracker.log_artifacts(run_id, paths.adapter, "adapter")
-    print(f"train: {metrics['steps']} steps on {everything['processes']} process(es), loss {metrics['train_loss']}, "
-          f"val loss {metrics['val_loss']}, {seconds:.1f}s; adapter in {paths.adapter}; MLflow run {run_id}")
+    print(
+        f"train: {metrics['steps']} steps on {everything['processes']} process(es), loss {metrics['train_loss']}, "
+        f"val loss {metrics['val_loss']}, {seconds:.1f}s; adapter in {paths.adapter}; MLflow run {run_id}"
+    )
     return metrics
 
 

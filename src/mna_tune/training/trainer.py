@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from ..chat import training_pair
 from ..params import Params
@@ -41,7 +42,7 @@ def sft_args(params: Params, output_dir: Path, max_length: int, has_eval: bool, 
     cfg = params.train
     padding_free = cfg.padding_free or cfg.packing
     dtype = dtype_name(params.model.dtype)  # mixed precision follows model.dtype, not just the hardware
-    options = dict(
+    options: dict[str, Any] = dict(
         output_dir=str(output_dir),
         num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps,
@@ -81,8 +82,17 @@ def sft_args(params: Params, output_dir: Path, max_length: int, has_eval: bool, 
     return SFTConfig(**options)
 
 
-def build_trainer(params: Params, model, tokenizer, train_records: list[dict], val_records: list[dict],
-                  output_dir: Path, max_length: int, callbacks=(), **overrides):
+def build_trainer(
+    params: Params,
+    model,
+    tokenizer,
+    train_records: list[dict],
+    val_records: list[dict],
+    output_dir: Path,
+    max_length: int,
+    callbacks=(),
+    **overrides,
+):
     from datasets import Dataset
 
     from ..modeling import lora_config
