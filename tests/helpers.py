@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
 import yaml
 
 from mna_tune.chat import build_messages
@@ -23,6 +24,12 @@ from mna_tune.params import Params, load_params
 from mna_tune.workspace import write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
+ENGINE_PYTHON = REPO / ".venv-engine" / "bin" / "python"  # made by `make engine`
+# Engine tests also carry @pytest.mark.engine (make test-fast leaves them out).
+needs_engine = pytest.mark.skipif(
+    not ENGINE_PYTHON.is_file() and not os.environ.get("MNA_TUNE_ENGINE_PYTHON"),
+    reason="no engine environment: make engine",
+)
 
 QA = [
     ("합병이란 무엇인가요?", "두 회사가 하나로 합쳐지는 것입니다."),

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, FakeJudge, cli_env, free_port, serve_chat, wait_until
+from helpers import ENGINE_PYTHON, REPO, FakeJudge, cli_env, free_port, serve_chat, wait_until
 from mna_tune.cli import STAGES as CLI_STAGES
 from mna_tune.workspace import file_md5
 
@@ -297,6 +297,25 @@ def test_audit_from_a_fresh_clone_that_shares_the_store(base, tmp_path):
     assert state["data/processed/train.jsonl"] == (False, False)  # not reproduced in this clone yet
 
 
+def test_a_moved_clone_reproduces_and_audits_and_a_manual_promotion_keeps_the_gates_refusal(base, tmp_path):
+    """`mv` of a clone: nothing in DVC's outputs names the old folder, so `dvc repro` has
+    nothing to rerun and audit works. A promotion by hand is recorded beside the gate's
+    refusal, which stays as the gate wrote it."""
+    clone = derive(base, tmp_path / "repo")
+    shutil.copy2(base.path / "mlflow.db", clone / "mlflow.db")  # the registry goes with the folder
+    assert "tracking_uri" not in json.loads((clone / "models/train_run.json").read_text())
+    moved = tmp_path / "moved" / "repo"
+    moved.parent.mkdir()
+    shutil.move(clone, moved)
+    assert ran(sh(moved, "dvc", "repro")) == []
+    assert "still holds" in sh(moved, "mna-tune", "audit", "@candidate").stdout
+    refused = sh(moved, "mna-tune", "promote", "1", check=False)
+    assert refused.returncode == 2 and "--reason" in refused.stderr
+    sh(moved, "mna-tune", "promote", "1", "--reason", "법무 검토 승인")
+    text = sh(moved, "mna-tune", "audit", "@champion").stdout
+    assert "gate     passed=false" in text and "promoted by hand by " in text and ": 법무 검토 승인" in text
+
+
 def test_second_repro_reruns_nothing(base):
     clone = base.path
     result = sh(clone, "dvc", "repro")
@@ -321,13 +340,12 @@ def test_dvc_repro_on_the_vllm_engine_answers_exactly_like_transformers(base, tm
     no engine process is left."""
     import psutil
 
-    engine_python = REPO / ".venv-engine/bin/python"
-    if not engine_python.is_file():
+    if not ENGINE_PYTHON.is_file():
         pytest.skip("no engine environment: make engine")
     clone = derive(base, tmp_path / "repo")
     before = [json.loads(line) for line in (clone / "reports/predictions.jsonl").read_text().splitlines()]
     set_param(clone, "evaluate.engine", "vllm")
-    result = sh(clone, "dvc", "repro", extra_env={"MNA_TUNE_ENGINE_PYTHON": str(engine_python)})
+    result = sh(clone, "dvc", "repro", extra_env={"MNA_TUNE_ENGINE_PYTHON": str(ENGINE_PYTHON)})
     assert ran(result) == ["evaluate"]
     after = [json.loads(line) for line in (clone / "reports/predictions.jsonl").read_text().splitlines()]
     assert len(after) == len(before) > 0

@@ -17,15 +17,10 @@ import time
 import psutil
 import pytest
 
-from helpers import REPO, tiny_params, wait_until
+from helpers import REPO, needs_engine, tiny_params, wait_until
 from mna_tune.chat import build_messages
 from mna_tune.engine.process import ENGINE_PYTHON_VARIABLE, EngineError, EngineSpec, engine_python, running_engine
 
-ENGINE_PYTHON = REPO / ".venv-engine" / "bin" / "python"
-needs_engine = pytest.mark.skipif(
-    not ENGINE_PYTHON.is_file() and not os.environ.get(ENGINE_PYTHON_VARIABLE),
-    reason="no engine environment: make engine",
-)
 QUESTIONS = [row["question"] for row in json.loads((REPO / "data/sample/mna_qa.json").read_text(encoding="utf-8"))]
 
 
@@ -218,3 +213,25 @@ def test_no_engine_process_outlives_its_stage(tmp_path, how):
     gone, alive = psutil.wait_procs(group, timeout=40)
     assert alive == [], f"engine processes left after {how.name}: {[p.pid for p in alive]}"
     time.sleep(0.1)
+
+
+@pytest.mark.engine
+@needs_engine
+def test_the_judge_against_a_vllm_server_counts_unreadable_verdicts_as_failures(engine_setup, tmp_path):
+    """The LLM judge's endpoint is vLLM's own chat server (tiny-qwen3, JSON-schema structured
+    output). A random model fills the schema's grammar with noise until max_tokens: whatever
+    it writes, every row ends judged or counted as failed, and judging never stops."""
+    from test_judge import make_judge, rows
+
+    from mna_tune.evaluation.judge import summarise
+
+    engine, *_ = engine_setup
+    environ = {"MNA_TUNE_JUDGE_BASE_URL": engine.base_url, "MNA_TUNE_JUDGE_MODEL": "base"}
+    judge = make_judge(tmp_path, environ, max_tokens=48, timeout_s=120)
+    judged = judge.judge_rows(rows(3))
+    summary = summarise(judged)["pairwise"]
+    assert summary["rows"] + summary["failed_rows"] == 3
+    for row in judged:
+        assert ("failed" in row and "schema" in row["failed"]) or row["pairwise"]["verdict"] in ("win", "tie", "loss")
+    sent = judge.client.requests_sent
+    assert sent >= 3 * 2  # asked, retried on unreadable replies, never crashed

@@ -221,6 +221,24 @@ def test_ranking_record_needs_exactly_one_rank_one_answer(tmp_path, rankings, re
     assert "RMlabel.json" in str(err.value) and "record data_info[0]" in str(err.value) and reason in str(err.value)
 
 
+@pytest.mark.parametrize("written", [1, "1", 1.0, " 1 "])
+def test_a_rank_is_a_whole_number_however_it_is_written(tmp_path, written):
+    """A hostile round found "1" taken as rank 1 but 1.0 refused: one rule for both."""
+    standard_tree(tmp_path / "dl")
+    record = rm_record("사회", "합병 절차는?", [("답 하나", 2), ("답 둘", written)])
+    write_json(tmp_path / "dl" / SFT_DIR / "RMlabel.json", {"data_info": [record]})
+    _, rows, _, _ = extract(tmp_path, tmp_path / "dl")
+    assert [r["answer"] for r in rows if r["question"] == "합병 절차는?"] == ["답 둘"]
+
+
+def test_a_fractional_rank_is_refused(tmp_path):
+    standard_tree(tmp_path / "dl")
+    record = rm_record("사회", "합병 절차는?", [("답 하나", 2), ("답 둘", 1.5)])
+    write_json(tmp_path / "dl" / SFT_DIR / "RMlabel.json", {"data_info": [record]})
+    with pytest.raises(InputError, match="'answer02.ranking' is .*expected integer"):
+        extract(tmp_path, tmp_path / "dl")
+
+
 def test_utf8_bom_is_accepted_and_non_utf8_bytes_are_named(tmp_path):
     standard_tree(tmp_path / "dl")
     path = tmp_path / "dl" / OTHER_DIR / "OT-1.json"

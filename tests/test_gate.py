@@ -4,7 +4,7 @@ import pytest
 
 from helpers import repo_params
 from mna_tune.params import GateParams
-from mna_tune.registry.promotion import apply_gate, decide, promote, rollback
+from mna_tune.registry.promotion import apply_gate, decide, promote, record_decision, rollback
 from mna_tune.registry.registry import CANDIDATE, CHAMPION
 
 BASE = {"rougeL_f1": 0.20, "eval_loss": 2.0, "korean_only_share": 0.95}
@@ -99,8 +99,14 @@ def test_manual_promote_and_rollback(registry):
         rollback(registry, "nothing yet")
     promote(registry, v1, "first", "cli")
     registry.set_alias(CANDIDATE, v2)
-    assert promote(registry, "@candidate", "override: legal asked for it", "cli") == v1  # @candidate is v2
-    assert champion(registry) == v2 and registry.version(v2).tags["gate.reason"] == "override: legal asked for it"
+    record_decision(registry, v2, False, "rougeL_f1 0.1 vs 0.3 for champion v1", "gate")
+    assert promote(registry, "@candidate", "법무 검토 승인", "cli") == v1  # @candidate is v2
+    tags = registry.version(v2).tags
+    # the gate's refusal stays as recorded; the person's promotion stands beside it
+    assert champion(registry) == v2 and tags["gate.passed"] == "false" and "champion v1" in tags["gate.reason"]
+    assert tags["promotion.manual"].startswith("by ") and tags["promotion.manual"].endswith(": 법무 검토 승인")
+    with pytest.raises(ValueError, match="--reason is required"):
+        promote(registry, v1, "  ", "cli")
     assert rollback(registry, "v2 regressed") == (v2, v1)
     assert champion(registry) == v1 and registry.version(v2).tags["gate.decision"].endswith("v2 regressed")
 

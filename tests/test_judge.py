@@ -144,6 +144,7 @@ def test_a_judge_that_prefers_the_adapter_gives_wins_and_rubric_means(tmp_path, 
         "loss_rate": 0.0,
         "rows": 3,
         "identical_rows": 0,
+        "failed_rows": 0,
         "position_bias": 0.0,
         "order_disagreement": 0.0,
     }
@@ -200,6 +201,7 @@ def test_rates_over_mixed_rows(tmp_path, server, environ):
         "loss_rate": 0.25,
         "rows": 4,
         "identical_rows": 0,
+        "failed_rows": 0,
         "position_bias": 0.25,
         "order_disagreement": 0.5,
     }
@@ -267,16 +269,28 @@ def test_a_failing_endpoint_is_one_line_without_the_key(tmp_path, server, enviro
     assert "HTTP 500" in message
 
 
-def test_a_reply_off_the_schema_is_retried_then_named(tmp_path, server, environ):
+def test_a_reply_off_the_schema_is_retried_then_the_row_counts_as_failed(tmp_path, server, environ):
+    """Unreadable replies (off the schema, or JSON cut off at max_tokens) do not stop the
+    stage: the row is failed, named with the schema problem, in no other figure, not cached."""
     server.policy = lambda kind, fields: (
         '{"reason": "?", "winner": "C"}' if kind == "pairwise" else prefer_adapter(kind, fields)
     )
-    with pytest.raises(
-        JudgeError,
-        match=r"does not match the pairwise schema \(winner: Input should be 'A', 'B' "
-        r"or 'tie'\)",
-    ):
-        make_judge(tmp_path, environ, concurrency=1).judge_rows(rows(1))
+    judge = make_judge(tmp_path, environ, concurrency=1)
+    judged = judge.judge_rows(rows(2))
+    assert all(
+        "does not match the pairwise schema (winner: Input should be 'A', 'B' or 'tie')" in row["failed"]
+        for row in judged
+    )
+    assert summarise(judged) == {"pairwise": {"rows": 0, "failed_rows": 2}, "rubric": {}}
+    pairwise = [r for r in server.requests if "pairwise" in json.dumps(r["body"]["response_format"])]
+    assert len(pairwise) == 2 * 2 * judge.client.attempts  # each order of each row retried to the end
+    server.policy = lambda kind, fields: (
+        '{"reason": "절차를 정확히 설명' if kind == "pairwise" else prefer_adapter(kind, fields)
+    )  # truncated JSON
+    judged = make_judge(tmp_path, environ, concurrency=1).judge_rows(rows(2))
+    assert summarise(judged)["pairwise"]["failed_rows"] == 2  # nothing was cached from the first run
+    server.policy = prefer_adapter
+    assert summarise(make_judge(tmp_path, environ).judge_rows(rows(2)))["pairwise"]["failed_rows"] == 0
 
 
 def test_a_client_error_is_not_retried_and_gives_a_hint(tmp_path, server, environ):

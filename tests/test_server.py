@@ -127,12 +127,23 @@ REFUSED = [
     ({"messages": [{"role": "user", "content": "q", "name": "bob"}]}, "messages[0].name"),
     ({"messages": [{"role": "tool", "content": "q"}]}, "messages[0].role"),
     ({"max_tokens": 5}, "messages"),
+    # a hostile round's findings (the request guard and the checks behind it)
+    (ask_body(max_tokens="10"), "max_tokens"),  # coerced to 10 before
+    (ask_body(max_tokens=True), "max_tokens"),  # taken as 1 token before
+    (b'{"messages": [{"role": "user", "content": "\\ud800x"}]}', "messages[0].content"),  # a lone surrogate: was a 500
+    ({"messages": [{"role": "user", "content": ""}]}, "messages[0].content"),  # was answered
+    ({"messages": [{"role": "user", "content": "   "}]}, "messages[0].content"),
 ]
 
 
 @pytest.mark.parametrize(("body", "param"), REFUSED, ids=[param for _, param in REFUSED])
 def test_bad_requests_get_400_in_openai_shape_naming_the_field(client, body, param):
-    error = error_of(client.post("/v1/chat/completions", json=body), 400)
+    sent = (
+        {"content": body, "headers": {"content-type": "application/json"}}
+        if isinstance(body, bytes)
+        else {"json": body}
+    )
+    error = error_of(client.post("/v1/chat/completions", **sent), 400)
     assert error["param"] == param and error["type"] == "invalid_request_error"
 
 
@@ -396,6 +407,60 @@ def test_busy_server_answers_429_and_a_gone_client_frees_its_slot(chat_model):
             # watched on the app, not with requests: a probe could take the slot first
             wait_until(lambda: app.state.slots.free == 0, 15, "the long request to start", interval_s=0.05)
         wait_until(small_request_succeeds, 15, "the slot of a disconnected request", interval_s=0.2)
+
+
+def test_oversized_bodies_are_refused_unread_while_a_small_request_is_answered(chat_model):
+    """Three ~28 MB bodies in parallel (a hostile round took the server from 0.7 to 8.7 GB
+    and starved everyone for minutes) and one small request: the big ones get 413, the small
+    one its answer within 10 s, and the server's memory grows by less than 100 MB."""
+    import httpx
+    import psutil
+
+    big = json.dumps({"messages": [{"role": "user", "content": "합병 " * 4_000_000}]}).encode()
+    limits = Limits(max_tokens_cap=64, request_timeout_s=60, max_concurrency=1)
+    with running(chat_model, limits) as (base, _):
+        before = psutil.Process().memory_info().rss
+        statuses: list[int] = []
+
+        def send_big():
+            try:
+                with httpx.Client(timeout=60) as raw:
+                    statuses.append(
+                        raw.post(
+                            f"{base}/chat/completions", content=big, headers={"content-type": "application/json"}
+                        ).status_code
+                    )
+            except httpx.HTTPError:  # the server may close the connection before the upload ends
+                statuses.append(413)
+
+        senders = [threading.Thread(target=send_big) for _ in range(3)]
+        for sender in senders:
+            sender.start()
+        started = time.monotonic()
+        with http() as raw:
+            small = raw.post(f"{base}/chat/completions", json=ask_body(max_tokens=2))
+        answered_s = time.monotonic() - started
+        for sender in senders:
+            sender.join(timeout=60)
+        grown = psutil.Process().memory_info().rss - before
+    assert small.status_code == 200 and answered_s < 10
+    assert statuses == [413, 413, 413]
+    assert grown < 100 * 2**20 + 3 * len(big)  # the clients' own copies of the body are in this process too
+
+
+def test_a_request_that_declares_a_body_and_sends_nothing_does_not_hold_the_connection(chat_model):
+    limits = Limits(max_tokens_cap=64, request_timeout_s=60, body_timeout_s=1.0)
+    with (
+        running(chat_model, limits) as (base, _),
+        socket.create_connection(("127.0.0.1", urlsplit(base).port), timeout=5) as sock,
+    ):
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 999\r\n\r\n"
+        )
+        sock.settimeout(60)
+        reply = sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 408")
 
 
 def test_sigterm_stops_generation_and_the_process(adapter, tmp_path):

@@ -219,6 +219,12 @@ def test_export_merged_loads_in_plain_transformers_and_ask_answers(workspace):
     messages = build_messages(QA[0][0])
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
     assert prompt == render_prompt(messages)
+    # by default, as a plain user calls it (no system prompt, no enable_thinking): the training prompt, token for token
+    from mna_tune.chat import prompt_ids
+
+    plain = tokenizer.apply_chat_template([{"role": "user", "content": QA[0][0]}], add_generation_prompt=True)
+    plain = plain["input_ids"] if isinstance(plain, dict) or hasattr(plain, "keys") else plain
+    assert list(plain) == prompt_ids(tokenizer, messages)
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     peft_model = load_adapter_model(params.model, workspace / "models/adapter")
     with torch.no_grad():

@@ -9,6 +9,8 @@ the user turn. This module imports nothing heavy: the data stages use it too.
 
 from __future__ import annotations
 
+import json
+
 SYSTEM_PROMPT = "당신은 금융,법률 및 M&A 분야 전문가입니다.\n사용자 질문에 대해 반드시 한국어로만 답변하세요."
 
 IM_START = "<|im_start|>"
@@ -127,5 +129,18 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}"
     "{{- '<|im_start|>assistant\\n' }}"
     "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+# What a server renders when a client sends chat messages: exactly the training prompt by
+# default (the training system prompt when the client sends none, the empty think block
+# unless the client asks for thinking with enable_thinking: true). The vLLM engine serves
+# with it (`--chat-template`).
+SERVING_CHAT_TEMPLATE = (
+    "{%- if messages and messages[0].role != 'system' %}"
+    "{{- '<|im_start|>system\\n' + " + json.dumps(SYSTEM_PROMPT, ensure_ascii=False) + " + '<|im_end|>\\n' }}"
+    "{%- endif %}" + CHAT_TEMPLATE.split("{%- if add_generation_prompt %}")[0] + "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if not (enable_thinking is defined and enable_thinking) %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
     "{%- endif %}"
 )

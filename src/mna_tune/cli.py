@@ -39,14 +39,17 @@ TOOLS = {
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="mna-tune", description=__doc__.splitlines()[0])
+    first_paragraph = " ".join(__doc__.split("\n\n")[0].split())  # the whole sentence, not its first line
+    root = argparse.ArgumentParser(prog="mna-tune", description=first_paragraph)
     root.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default params.yaml)")
     commands = root.add_subparsers(dest="command", required=True)
     for name in STAGES:
         commands.add_parser(name, help=f"run the {name} stage")
     promote = commands.add_parser("promote", help="point the champion alias at a registered version")
     promote.add_argument("version", help="a version number or @alias, e.g. 7 or @candidate")
-    promote.add_argument("--reason", default="no reason given")
+    promote.add_argument(
+        "--reason", required=True, help="why this version becomes champion (recorded beside the gate's decision)"
+    )
     rollback = commands.add_parser("rollback", help="move the champion alias back to the previous champion")
     rollback.add_argument("--reason", default="no reason given")
     audit = commands.add_parser("audit", help="which code, params and data made a version (or used a file)")
@@ -63,7 +66,24 @@ def parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="OpenAI-compatible /v1/chat/completions for a registered version")
     serve.add_argument("--model", default="@champion", help="registered version or @alias (default @champion)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port_number, default=8000)
+    serve.add_argument(
+        "--engine",
+        choices=["transformers", "vllm"],
+        default="transformers",
+        help="transformers: this process generates; vllm: vLLM's server (.venv-engine) with the adapter as a "
+        "LoRA module, swapped in place when the alias moves",
+    )
+    serve.add_argument("--max-model-len", type=int, default=4096, help="vllm: prompt + answer tokens per request")
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=None,
+        help="largest request body; larger ones get 413 unread (default 1 MiB; vllm: 32 bytes per context token)",
+    )
+    serve.add_argument(
+        "--poll-s", type=float, default=5.0, help="vllm: how often the alias is checked for a new version"
+    )
     # the defaults are serving.server.Limits' (tests/test_server.py checks they agree)
     serve.add_argument("--max-tokens-cap", type=int, default=2048, help="most tokens one request may ask for")
     serve.add_argument("--request-timeout", type=float, default=120.0, help="seconds one generation may run")
@@ -74,6 +94,12 @@ def parser() -> argparse.ArgumentParser:
         help="require 'Authorization: Bearer <key>' (better: set MNA_TUNE_API_KEY, which `ps` does not show)",
     )
     return root
+
+
+def port_number(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return int(text)
 
 
 def command_function(command: str):

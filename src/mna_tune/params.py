@@ -36,6 +36,11 @@ def _not_blank(value: str) -> str:
     return value.strip()
 
 
+def _inside_repository(key: str, path: Path) -> None:
+    if path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"{key} '{path}' must be a relative path inside the repository (no leading / and no ..)")
+
+
 Finite = Annotated[float, AfterValidator(_finite)]
 Name = Annotated[str, AfterValidator(_not_blank)]
 
@@ -101,6 +106,15 @@ class Paths(_Section):
     train: TrainPaths
     evaluate: EvaluatePaths
     cache: Path  # under the repository root: checkpoints and cached base outputs
+
+    @model_validator(mode="after")
+    def _inside_the_repository(self) -> Paths:
+        """DVC refuses outputs outside the repository; a stage must not write there either."""
+        for stage in ("extract", "filter", "merge", "split", "train", "evaluate"):
+            for name, path in getattr(self, stage).model_dump().items():
+                _inside_repository(f"paths.{stage}.{name}", path)
+        _inside_repository("paths.cache", self.cache)
+        return self
 
     def outputs(self) -> list[str]:
         """Every path a stage writes (what `git_dirty` must not count as an edit)."""
@@ -322,10 +336,14 @@ class ParamsError(ValueError):
 
 def load_params(path: Path | str = DEFAULT_PARAMS_PATH) -> Params:
     path = Path(path)
+    if path.is_dir():
+        raise ParamsError(f"{path}: is a folder, not a params file (--params takes a YAML file such as params.yaml)")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found (run from the repository root)") from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

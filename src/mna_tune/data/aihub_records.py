@@ -195,7 +195,9 @@ def _rank_one_answer(record: dict, unit: Unit, where: str) -> str:
         if not isinstance(value, dict) or "ranking" not in value:
             raise InputError(unit.file, f"'{key}' has no 'ranking'", unit.entry, where, record)
         ranking = value["ranking"]
-        if isinstance(ranking, str) and ranking.strip().isdigit():
+        # A rank is a whole number however the file writes it: 1, "1" and 1.0 are rank 1; 1.5 is refused.
+        whole_text = isinstance(ranking, str) and ranking.strip().isdigit()
+        if whole_text or (isinstance(ranking, float) and ranking.is_integer()):
             ranking = int(ranking)
         if not isinstance(ranking, int) or isinstance(ranking, bool):
             raise InputError(

@@ -8,6 +8,8 @@ from pathlib import Path
 from ..errors import InputError
 from .text import clean_text, invisible_count
 
+MAX_MNA_BYTES = 2 * 1024**3  # read whole into memory: far above any QA set, far below this machine's memory
+
 
 def read_mna(path: Path) -> list[dict]:
     """Validated records with cleaned text (and how many invisible characters the cleaning
@@ -15,6 +17,14 @@ def read_mna(path: Path) -> list[dict]:
     name = str(path)
     if Path(path).is_dir():
         raise InputError(name, "is a folder, expected the M&A QA JSON file (data.mna_path)")
+    if Path(path).exists() and not Path(path).is_file():  # a device (/dev/zero), a pipe: reads without end
+        raise InputError(name, "is not a regular file (data.mna_path must name the M&A QA JSON file)")
+    if Path(path).is_file() and Path(path).stat().st_size > MAX_MNA_BYTES:
+        raise InputError(
+            name,
+            f"is {Path(path).stat().st_size} bytes, over the {MAX_MNA_BYTES} an M&A QA file may "
+            "have (a JSON array of question-answer records)",
+        )
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:

@@ -23,9 +23,12 @@ MNA_TUNE_JUDGE_MODEL, MNA_TUNE_JUDGE_API_KEY, or, when MNA_TUNE_JUDGE_BASE_URL i
 is never sent to another family's endpoint). Verdicts are cached by content hash (kind,
 question, reference, answers in their positions, judge model, prompt text and reply
 schema) in <repo root>/<paths.cache>/judge.sqlite, committed one by one as they arrive, so a
-rerun, or a run after a failure, only asks what is new. Every request that fails after
-its retries stops the judging with one line naming the endpoint (never its key or user
-info); the evaluate stage judges before it writes any output.
+rerun, or a run after a failure, only asks what is new. A request whose every attempt got
+an unreadable reply (off the schema, or JSON cut off at max_tokens) makes its row
+**failed**: counted in `failed_rows`, in no other figure, not cached. A request the
+endpoint itself fails (HTTP errors, no connection) after its retries stops the judging with
+one line naming the endpoint (never its key or user info); the evaluate stage judges
+before it writes any output.
 """
 
 from __future__ import annotations
@@ -137,6 +140,15 @@ class JudgeConfigError(ValueError):
 
 class JudgeError(ValueError):
     """The judge endpoint failed: one line naming the endpoint, never its key."""
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Every attempt at one request got a reply that does not match its schema (malformed or
+    truncated JSON, a model that fills a JSON grammar with whitespace until max_tokens): the
+    row is counted as failed, never cached, and asked again by the next run."""
+
+    detail: str
 
 
 # ---- the prompts ----
@@ -279,6 +291,9 @@ class Judge:
 
     @staticmethod
     def _assemble(plan: dict, replies: dict[str, Any]) -> dict:
+        failed = [replies[r.key].detail for r in plan["requests"] if isinstance(replies[r.key], Unreadable)]
+        if failed:
+            return {"failed": failed[0]}
         if plan["identical"]:
             pairwise = {
                 "verdict": "tie",
@@ -315,19 +330,37 @@ class Judge:
 
     def _answers(self, requests: list[Request]) -> dict[str, Any]:
         with open_cache(self.cache_path, _SCHEMA, "judge cache", "ask the judge again") as db:
-            replies = _lookup(db, requests)
+            replies: dict[str, Any] = dict(_lookup(db, requests))
             missing = [request for request in requests if request.key not in replies]
 
-            def ask_one(client: httpx.Client, request: Request) -> BaseModel:
-                return self.client.ask(
-                    client,
-                    lambda: self.client.body(request.prompt, response_format=response_format(request.kind)),
-                    lambda content: self._read(request.kind, content),
-                    "verdict",
-                    lambda detail: JudgeError(one_line(f"LLM judge, {request.where}: {detail}")),
-                )
+            def ask_one(client: httpx.Client, request: Request) -> BaseModel | Unreadable:
+                unreadable = 0
 
-            def keep(request: Request, reply: BaseModel) -> None:
+                def read(content: str) -> BaseModel:
+                    nonlocal unreadable
+                    try:
+                        return self._read(request.kind, content)
+                    except Retryable:
+                        unreadable += 1
+                        raise
+
+                try:
+                    return self.client.ask(
+                        client,
+                        lambda: self.client.body(request.prompt, response_format=response_format(request.kind)),
+                        read,
+                        "verdict",
+                        lambda detail: JudgeError(one_line(f"LLM judge, {request.where}: {detail}")),
+                    )
+                except JudgeError as error:
+                    if unreadable == self.client.attempts:  # the endpoint answered, never readably
+                        return Unreadable(str(error))
+                    raise  # the endpoint itself failed: stop, with one line
+
+            def keep(request: Request, reply: BaseModel | Unreadable) -> None:
+                if isinstance(reply, Unreadable):
+                    replies[request.key] = reply
+                    return
                 db.execute(
                     "INSERT OR REPLACE INTO verdicts (key, kind, reply, model) VALUES (?, ?, ?, ?)",
                     (request.key, request.kind, reply.model_dump_json(), self.model),
@@ -370,14 +403,17 @@ def combine(first: str, second: str) -> tuple[str, bool]:
 
 
 def summarise(judged: list[dict]) -> dict:
-    """Figures over judged rows: {"pairwise": {...}, "rubric": {"base": {...}, "adapter": {...}}}."""
+    """Figures over judged rows: {"pairwise": {...}, "rubric": {"base": {...}, "adapter": {...}}}.
+    Rows whose replies could not be read count as failed and in no other figure."""
+    failed = sum(1 for row in judged if "failed" in row)
+    judged = [row for row in judged if "failed" not in row]
     n = len(judged)
     if not n:
-        return {}
+        return {"pairwise": {"rows": 0, "failed_rows": failed}, "rubric": {}} if failed else {}
     verdicts = [row["pairwise"]["verdict"] for row in judged]
     asked = [row["pairwise"] for row in judged if not row["pairwise"]["identical"]]
     pairwise = {f"{outcome}_rate": round(verdicts.count(outcome) / n, 6) for outcome in OUTCOMES}
-    pairwise.update(rows=n, identical_rows=n - len(asked))
+    pairwise.update(rows=n, identical_rows=n - len(asked), failed_rows=failed)
     if asked:  # of the rows asked in both orders
         pairwise["position_bias"] = round(sum(p["position_flip"] for p in asked) / len(asked), 6)
         pairwise["order_disagreement"] = round(sum(p["orders"][0] != p["orders"][1] for p in asked) / len(asked), 6)
@@ -395,7 +431,7 @@ def model_figures(summary: dict) -> dict[str, dict[str, float]]:
     """The judge's figures per model, beside the other metrics (and usable by the gate):
     judge_win_rate (the base model's is the adapter's loss rate: how often the base wins),
     judge_rubric_mean and judge_rubric_<criterion>."""
-    if not summary:
+    if not summary or not summary["rubric"]:  # nothing judged (or every row failed): no figure
         return {name: {} for name in MODELS}
     pairwise = summary["pairwise"]
     out = {"adapter": {"judge_win_rate": pairwise["win_rate"]}, "base": {"judge_win_rate": pairwise["loss_rate"]}}
@@ -430,6 +466,9 @@ def apply(result, judged: list[dict], judge: Judge) -> None:
             if group is not None:
                 _add_figures(group, [judged[i] for i in indices if i < generated])
     for prediction, row in zip(result.predictions, judged, strict=True):
+        if "failed" in row:
+            prediction.update({"judge_verdict": "failed", "judge_failure": row["failed"]})
+            continue
         pairwise = row["pairwise"]
         prediction.update(
             {
@@ -456,8 +495,8 @@ def judge_evaluation(judge: Judge | None, result) -> None:
     print(
         f"evaluate: judge {judge.model} on {figures.get('rows', 0)} rows: adapter wins "
         f"{figures.get('win_rate')}, ties {figures.get('tie_rate')}, loses {figures.get('loss_rate')}; position "
-        f"bias {figures.get('position_bias', '–')}; {judge.client.requests_sent} requests sent, the rest from "
-        f"{judge.cache_path}"
+        f"bias {figures.get('position_bias', '–')}; {figures.get('failed_rows', 0)} rows failed (unreadable "
+        f"replies); {judge.client.requests_sent} requests sent, the rest from {judge.cache_path}"
     )
 
 

@@ -21,6 +21,8 @@ FIGURES = (
 
 
 def _judge_assessments(row: dict, judge: str) -> list[dict]:
+    if row["judge_verdict"] == "failed":  # the judge's replies could not be read: that, and nothing else
+        return [{"name": "judge_pairwise", "value": "failed", "rationale": row.get("judge_failure"), "judge": judge}]
     orders = row.get("judge_orders")
     reasons = row.get("judge_reasons") or []
     rationale: str | None

@@ -68,6 +68,7 @@ def audit_version(tracker: Tracker, registry: Registry, ref: str) -> dict:
             if key.startswith("eval/")
         },
         "gate": {key.removeprefix("gate."): value for key, value in tags.items() if key.startswith("gate.")},
+        "manual_promotion": tags.get("promotion.manual"),
         "workspace_matches": all(item["workspace_matches"] for item in data) and bool(data),
     }
 
@@ -112,6 +113,8 @@ def format_version(report: dict) -> str:
     )
     if report["gate"]:
         lines.append(f"gate     passed={report['gate'].get('passed')}: {report['gate'].get('reason')}")
+    if report.get("manual_promotion"):
+        lines.append(f"promoted by hand {report['manual_promotion']}")
     lines.append(
         f"verdict  the workspace {'still holds' if report['workspace_matches'] else 'does NOT hold'} "
         "the data this version was made from"

@@ -48,6 +48,9 @@ def decide(
     return GateDecision(True, f"{verdict} >= required {gate.min_delta:+.6f}; Korean-only share {korean:.4f}")
 
 
+MANUAL_PROMOTION_TAG = "promotion.manual"
+
+
 def _stamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -78,15 +81,31 @@ def _set_champion(registry: Registry, version: str, history: list[str]) -> None:
 
 def promote(registry: Registry, ref: str, reason: str, how: str) -> str | None:
     """Point `champion` at version `ref` (`7` or `@candidate`); returns the version it
-    pointed at before. An unknown version fails in one line."""
+    pointed at before. An unknown version fails in one line. The gate's promotion is its
+    decision; a person's is recorded beside the gate's decision (who, when, why), never over it."""
+    if how != "gate" and not reason.strip():  # before anything moves
+        raise ValueError("promote: --reason is required: say why this version overrides the gate")
     version = str(registry.version(ref).version)
     previous = registry.alias_version(CHAMPION)
     history = _history(registry)
     if not history or history[-1] != str(version):
         history.append(str(version))
     _set_champion(registry, str(version), history)
-    record_decision(registry, version, True, reason, how)
+    if how == "gate":
+        record_decision(registry, version, True, reason, how)
+    else:
+        record_manual_promotion(registry, version, reason)
     return str(previous.version) if previous else None
+
+
+def record_manual_promotion(registry: Registry, version: str, reason: str) -> None:
+    import getpass
+
+    value = f"by {getpass.getuser()} at {_stamp()}: {reason.strip()}"
+    registry.set_version_tags(version, {MANUAL_PROMOTION_TAG: value})
+    run_id = registry.version(version).run_id
+    if run_id:
+        registry.client.set_tag(run_id, MANUAL_PROMOTION_TAG, value)
 
 
 def rollback(registry: Registry, reason: str) -> tuple[str, str]:
@@ -126,7 +145,7 @@ def apply_gate(
 
 def main_promote(params: Params, args) -> None:
     registry = Registry(params.mlflow)
-    previous = promote(registry, args.version, f"manual promotion: {args.reason}", "cli")
+    previous = promote(registry, args.version, args.reason, "cli")
     was = f"v{previous}" if previous else "unset"
     print(f"{registry.name}: champion -> v{registry.alias_version('champion').version} (was {was})")
 

@@ -27,4 +27,6 @@ def ask(params: Params, question: str, ref: str | None = None) -> str:
 
 
 def main(params: Params, args) -> None:
+    if not args.question.strip():
+        raise ValueError('the question is empty: mna-tune ask "<a question>"')
     print(ask(params, args.question, args.model))

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..chat import CHAT_TEMPLATE
+from ..chat import SERVING_CHAT_TEMPLATE
 from ..params import Params
 from ..workspace import project_root
 
@@ -62,7 +62,9 @@ def export_merged(params: Params, out: Path, ref: str | None = None, force: bool
             model = load_adapter_model(params.model.model_copy(update={"quantization": "none"}), adapter)
             model.merge_and_unload().save_pretrained(str(staging), safe_serialization=True)
         tokenizer = load_tokenizer(params.model.base)
-        tokenizer.chat_template = tokenizer.chat_template or CHAT_TEMPLATE
+        # plain transformers and vLLM users then render the training prompt by default: the
+        # system prompt when they send none, the empty think block unless they ask for thinking
+        tokenizer.chat_template = SERVING_CHAT_TEMPLATE
         tokenizer.save_pretrained(str(staging))
         (staging / MARKER).write_text(f"merged export of {ref or params.paths.train.adapter}\n", encoding="utf-8")
         readable = 0o666 & ~_umask()

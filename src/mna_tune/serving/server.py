@@ -35,6 +35,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 
 from ..chat import prompt_ids
 from ..params import Params
+from .guard import RequestGuard, bearer_spelled_out
 from .pyfunc import AdapterChatModel, to_conversations
 
 log = logging.getLogger("mna_tune.serve")
@@ -52,6 +53,8 @@ class Limits:
     request_timeout_s: float = 120.0
     max_concurrency: int = 1
     api_key: str | None = None
+    max_body_bytes: int = 1024 * 1024  # larger bodies get 413 before they are read (serving/guard.py)
+    body_timeout_s: float = 30.0  # a body that has not arrived by then gets 408
 
     def check(self) -> None:
         if self.max_tokens_cap < 1 or self.request_timeout_s <= 0 or self.max_concurrency < 1:
@@ -260,6 +263,9 @@ def conversation_of(messages: list[Message]) -> list[dict]:
         raise ApiError(400, "messages hold no user message: there is nothing to answer", param="messages")
     if conversation[-1]["role"] == "assistant":
         raise ApiError(400, "the last message is the assistant's: there is nothing to answer", param="messages")
+    last = max(i for i, m in enumerate(conversation) if m["role"] == "user")
+    if not conversation[last]["content"].strip():
+        raise ApiError(400, "the question is empty", param=f"messages[{last}].content", code="empty_question")
     return to_conversations([conversation])[0]
 
 
@@ -613,7 +619,7 @@ class BearerAuth:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            given = dict(scope["headers"]).get(b"authorization", b"")
+            given = dict(bearer_spelled_out(scope)["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 error = ApiError(
                     401,
@@ -660,6 +666,13 @@ def create_app(model: AdapterChatModel, model_name: str, limits: Limits = Limits
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, server_error)
+    # Outermost last: the key is checked before any body is read, then the guard reads it.
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=limits.max_body_bytes,
+        body_timeout_s=limits.body_timeout_s,
+        refuse_control_tokens=False,  # this server escapes control-token text instead (chat.prompt_ids)
+    )
     if limits.api_key:
         app.add_middleware(BearerAuth, key=limits.api_key)
 
@@ -819,6 +832,7 @@ def limits_of(args) -> Limits:
         request_timeout_s=args.request_timeout,
         max_concurrency=args.max_concurrency,
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        max_body_bytes=getattr(args, "max_body_bytes", None) or Limits.max_body_bytes,
     )
     limits.check()
     return limits
@@ -826,6 +840,12 @@ def limits_of(args) -> Limits:
 
 def main(params: Params, args) -> None:
     from ..registry.registry import Registry
+
+    if getattr(args, "engine", "transformers") == "vllm":
+        from .engine_server import main as serve_on_engine
+
+        serve_on_engine(params, args)
+        return
 
     limits = limits_of(args)
     registry = Registry(params.mlflow)

@@ -269,7 +269,8 @@ def _train_and_save(
     metrics, everything = train_metrics(trainer, result, rows, seconds)
     write_loss_plot(trainer, paths.loss_plot)
     write_json(paths.metrics, metrics)
-    write_json(paths.run_info, {"run_id": run_id, "tracking_uri": tracker.uri})
+    # what identifies the run, not where this machine keeps the store: a moved clone stays valid
+    write_json(paths.run_info, {"run_id": run_id, "experiment": params.mlflow.experiment})
     tracker.log_metrics(run_id, {k: v for k, v in everything.items() if v is not None})
     tracker.log_artifacts(run_id, paths.adapter, "adapter")
     print(
