@@ -343,6 +343,7 @@ def test_dvc_repro_on_the_vllm_engine_answers_exactly_like_transformers(base, tm
     if not ENGINE_PYTHON.is_file():
         pytest.skip("no engine environment: make engine")
     clone = derive(base, tmp_path / "repo")
+    shutil.copy2(base.path / "mlflow.db", clone / "mlflow.db")  # the run and version evaluate adds to
     before = [json.loads(line) for line in (clone / "reports/predictions.jsonl").read_text().splitlines()]
     set_param(clone, "evaluate.engine", "vllm")
     result = sh(clone, "dvc", "repro", extra_env={"MNA_TUNE_ENGINE_PYTHON": str(ENGINE_PYTHON)})

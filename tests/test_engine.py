@@ -19,7 +19,14 @@ import pytest
 
 from helpers import REPO, needs_engine, tiny_params, wait_until
 from mna_tune.chat import build_messages
-from mna_tune.engine.process import ENGINE_PYTHON_VARIABLE, EngineError, EngineSpec, engine_python, running_engine
+from mna_tune.engine.process import (
+    ENGINE_PYTHON_VARIABLE,
+    EngineError,
+    EngineSpec,
+    engine_python,
+    running_engine,
+    stop,
+)
 
 QUESTIONS = [row["question"] for row in json.loads((REPO / "data/sample/mna_qa.json").read_text(encoding="utf-8"))]
 
@@ -149,35 +156,6 @@ def test_an_engine_that_exits_while_starting_is_one_line_naming_its_log(tmp_path
     assert "log: " + str(tmp_path / "logs") in message
 
 
-@pytest.mark.engine
-@needs_engine
-def test_an_engine_killed_mid_generation_is_one_line_and_nothing_is_left(tmp_path):
-    """kill -9 of the engine while it answers: EngineError naming it; its workers are gone."""
-    from mna_tune.decoding import GenerationSettings
-    from mna_tune.engine.client import EngineAnswers
-    from mna_tune.engine.models import engine_model
-    from mna_tune.modeling import load_tokenizer
-
-    params = tiny_params()
-    tokenizer = load_tokenizer(params.model.base)
-    spec = EngineSpec(
-        engine_model(params.model, tmp_path / "cache"), "base", "float32", 2048, 4, 0, startup_timeout_s=300
-    )
-    prompts = [[151644, 872, 198, 62275, 151645, 198, 151644, 77091, 198]] * 64
-    with running_engine(spec, REPO, tmp_path / "logs") as engine:
-        group = [engine.process.pid] + [child.pid for child in psutil.Process(engine.process.pid).children(True)]
-        answers = EngineAnswers(engine, tokenizer, timeout_s=60)
-        killer = subprocess.Popen([sys.executable, "-c", f"import os,time; time.sleep(1.0); os.kill({group[0]}, 9)"])
-        with pytest.raises(EngineError, match="the vLLM engine exited with code -9"):
-            answers.generate("base", prompts, GenerationSettings(max_new_tokens=2000, batch_size=1))
-        killer.wait()
-    wait_until(
-        lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in group),
-        30,
-        "the engine's processes to end",
-    )
-
-
 STAGE_WITH_ENGINE = """
 import sys
 from pathlib import Path
@@ -235,3 +213,27 @@ def test_the_judge_against_a_vllm_server_counts_unreadable_verdicts_as_failures(
         assert ("failed" in row and "schema" in row["failed"]) or row["pairwise"]["verdict"] in ("win", "tie", "loss")
     sent = judge.client.requests_sent
     assert sent >= 3 * 2  # asked, retried on unreadable replies, never crashed
+
+
+@pytest.mark.engine
+@needs_engine
+def test_an_engine_killed_mid_generation_is_one_line_and_nothing_is_left(engine_setup):
+    """kill -9 of the engine while it answers: EngineError naming it; its workers are gone.
+    The module's engine is killed, so this runs last in the module."""
+    from mna_tune.decoding import GenerationSettings
+    from mna_tune.engine.client import EngineAnswers
+
+    engine, _, tokenizer, _, _ = engine_setup
+    group = [engine.process.pid] + [child.pid for child in psutil.Process(engine.process.pid).children(True)]
+    answers = EngineAnswers(engine, tokenizer, timeout_s=60)
+    prompts = [[151644, 872, 198, 62275, 151645, 198, 151644, 77091, 198]] * 64
+    killer = subprocess.Popen([sys.executable, "-c", f"import os,time; time.sleep(1.0); os.kill({group[0]}, 9)"])
+    with pytest.raises(EngineError, match="the vLLM engine exited with code -9"):
+        answers.generate("base", prompts, GenerationSettings(max_new_tokens=1500, batch_size=1))
+    killer.wait()
+    stop(engine.process)  # what running_engine's `finally` does on the stage's way out
+    wait_until(
+        lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in group),
+        30,
+        "the engine's processes to end",
+    )

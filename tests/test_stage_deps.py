@@ -36,6 +36,12 @@ def _with_parents(name: str) -> set[str]:
     return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
 
 
+# Modules MLflow loads from a file path ("models from code": registering a version loads the
+# pyfunc entry), which no import statement shows. A stage that can register depends on them;
+# the layer check reads import statements only (the registry never imports serving).
+LOADED_BY_PATH = {"mna_tune.registry.registry": {"mna_tune.serving.pyfunc_entry"}}
+
+
 def imported_by(name: str) -> set[str]:
     """Project modules that module `name` imports anywhere in its source."""
     path = module_file(name)
@@ -65,7 +71,8 @@ def closure(entries: list[str]) -> set[str]:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo.extend(imported_by(name) - seen)
+            loaded = {parent for module in LOADED_BY_PATH.get(name, ()) for parent in _with_parents(module)}
+            todo.extend((imported_by(name) | loaded) - seen)
     return seen
 
 
