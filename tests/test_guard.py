@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from mna_tune.serving.guard import RequestGuard, body_cap_for
+from mna_tune.serving.guard import ModelNames, RequestGuard, body_cap_for
 
 
 async def echo_app(scope, receive, send):
@@ -137,3 +137,31 @@ def test_the_servers_key_check_takes_a_lower_case_scheme():
         scope = {"type": "http", "method": "GET", "path": "/v1/models", "headers": [(b"authorization", given)]}
         asyncio.run(BearerAuth(app, "k-1")(scope, None, send))
     assert statuses == [200, 200, 401]
+
+
+@pytest.mark.parametrize("question", ["", "   ", "\n\t"])
+def test_an_empty_question_is_400(question):
+    status, error, _ = call(RequestGuard(echo_app), [body(question)])
+    assert status == 400 and error["error"]["code"] == "empty_question"
+    assert error["error"]["param"] == "messages[0].content"
+
+
+def test_a_stable_model_name_is_sent_on_as_the_version_it_stands_for(tmp_path):
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"m@champion": "m/7"}))
+    guard = RequestGuard(echo_app)
+    guard.names = ModelNames(str(names))
+    status, echoed, _ = call(guard, [body("질문", model="m@champion")])
+    assert status == 200 and json.loads(echoed)["model"] == "m/7"
+    names.write_text(json.dumps({"m@champion": "m/8"}))  # a promotion: the next request goes to v8
+    os_stat_bump(names)
+    assert json.loads(call(guard, [body("질문", model="m@champion")])[1])["model"] == "m/8"
+    assert json.loads(call(guard, [body("질문", model="m/7")])[1])["model"] == "m/7"  # a version asked for by name
+
+
+def os_stat_bump(path) -> None:
+    """A new modification time even on a coarse-clock file system."""
+    import os
+
+    stamp = path.stat().st_mtime_ns + 1_000_000
+    os.utime(path, ns=(stamp, stamp))

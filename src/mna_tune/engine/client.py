@@ -100,14 +100,19 @@ class EngineAnswers:
 
     def load_adapter(self, name: str, folder: str, replace: bool = False) -> None:
         """Serve another adapter (or a new version under the same name) without a restart."""
+        body = {"lora_name": name, "lora_path": folder, "load_inplace": replace}
+        self._lora_call("/load_lora_adapter", body, f"adapter {name} ({folder})")
+
+    def unload_adapter(self, name: str) -> None:
+        self._lora_call("/unload_lora_adapter", {"lora_name": name}, f"unloading adapter {name}")
+
+    def _lora_call(self, route: str, body: dict, what: str) -> None:
         import httpx
 
-        url = self.engine.base_url + "/load_lora_adapter"
         headers = {"Authorization": f"Bearer {self.engine.spec.api_key}"} if self.engine.spec.api_key else {}
-        body = {"lora_name": name, "lora_path": folder, "load_inplace": replace}
         try:
-            response = httpx.post(url, json=body, headers=headers, timeout=120.0)
+            response = httpx.post(self.engine.base_url + route, json=body, headers=headers, timeout=120.0)
         except httpx.HTTPError as exc:
-            raise self.engine.died() if not self.engine.alive() else EngineError(f"loading {name}: {exc}") from None
+            raise self.engine.died() if not self.engine.alive() else EngineError(f"{what}: {exc}") from None
         if response.status_code != 200:
-            raise EngineError(f"the vLLM engine refused adapter {name} ({folder}): {response.text[:300]}")
+            raise EngineError(f"the vLLM engine refused {what}: {response.text[:300]}")

@@ -140,7 +140,7 @@ def command(python: Path, spec: EngineSpec, port: int) -> list[str]:
     args += ["--generation-config", "vllm", "--disable-uvicorn-access-log"]
     if spec.loras or spec.runtime_lora:
         args += ["--enable-lora", "--max-lora-rank", str(spec.max_lora_rank)]
-        args += ["--max-loras", str(max(len(spec.loras), 1) + 1)]
+        args += ["--max-loras", str(max(len(spec.loras), 1) + 2)]  # room for versions loaded at run time
     if spec.loras:
         args += ["--lora-modules", *(f"{name}={path}" for name, path in spec.loras.items())]
     if spec.chat_template:

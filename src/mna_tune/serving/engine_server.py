@@ -1,9 +1,11 @@
 """`mna-tune serve --engine vllm`: vLLM's own OpenAI-compatible server for a registered
 version, the base model loaded once and the version's adapter served as a LoRA module under
-a stable name (`<registered model>@champion` for an alias, `<registered model>/7` for a
-fixed version). When the alias moves (`mna-tune promote`, `rollback`, a passed gate), the
-new version's adapter replaces the old one in the running server (vLLM's runtime LoRA
-loading, in place): no restart, and requests keep being answered during the swap.
+its version's name (`<registered model>/7`), and users send a stable name
+(`<registered model>@champion`; the request guard in front sends it on as the version it
+stands for). When the alias moves (`mna-tune promote`, `rollback`, a passed gate), the new
+version is loaded beside the old one (vLLM's runtime LoRA loading) and then the stable name
+points at it: no restart, no failed request, and every request is answered wholly by one
+version. The version before the previous one is unloaded at the next swap.
 
 The server's limits map onto vLLM's flags: --max-model-len (context), --max-concurrency
 (--max-num-seqs), --api-key (VLLM_API_KEY, never on the command line), --host/--port. In
@@ -14,6 +16,7 @@ lone surrogates; serving/guard.py), loaded with vLLM's --middleware.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -28,7 +31,19 @@ from . import guard
 
 
 def served_name(registered_model: str, ref: str) -> str:
-    return f"{registered_model}{ref}" if ref.startswith("@") else f"{registered_model}/{ref}"
+    """What users put in `model`: `<model>@champion` for an alias, `<model>/7` for a version."""
+    return f"{registered_model}{ref}" if ref.startswith("@") else version_name(registered_model, ref)
+
+
+def version_name(registered_model: str, version: str) -> str:
+    return f"{registered_model}/{version}"
+
+
+def point(names_file: Path, stable: str, served: str) -> None:
+    """The stable name now stands for `served` (written beside and renamed: never half a file)."""
+    scratch = names_file.with_suffix(".tmp")
+    scratch.write_text(json.dumps({stable: served}), encoding="utf-8")
+    os.replace(scratch, names_file)
 
 
 def fetch_version(registry, version, into: Path) -> tuple[Path, ModelParams | None]:
@@ -64,6 +79,9 @@ def main(params: Params, args) -> None:
         model = model or params.model
         template = scratch / "chat_template.jinja"
         template.write_text(SERVING_CHAT_TEMPLATE, encoding="utf-8")
+        names_file = scratch / "model_names.json"
+        first = version_name(registry.name, str(version.version))
+        point(names_file, name, first)
         spec = EngineSpec(
             model=engine_model(model, cache),
             served_name=f"{registry.name}-base",
@@ -71,7 +89,7 @@ def main(params: Params, args) -> None:
             max_model_len=args.max_model_len,
             max_num_seqs=limits.max_concurrency,
             seed=0,
-            loras={name: str(adapter)},
+            loras={first: str(adapter)},
             max_lora_rank=lora_rank_for(max(lora_rank(adapter), params.lora.r)),
             kv_cache_gib=params.evaluate.vllm.kv_cache_gib,
             host=args.host,
@@ -80,14 +98,14 @@ def main(params: Params, args) -> None:
             runtime_lora=True,
             startup_timeout_s=params.evaluate.vllm.startup_timeout_s,
             chat_template=str(template),
-            middleware=guard_settings(args),
+            middleware={**guard_settings(args), guard.MODEL_NAMES_VARIABLE: str(names_file)},
         )
         warn_if_exposed(args.host, limits)
         with running_engine(spec, root, cache / "engine") as engine:
             key_note = " (API key required)" if limits.api_key else ""
             print(f"serve: {name} (v{version.version}) on {engine.base_url}/chat/completions{key_note}", flush=True)
             answers = EngineAnswers(engine, load_tokenizer(model.base))
-            follow_alias(registry, args.model, str(version.version), name, answers, scratch, args.poll_s)
+            follow_alias(registry, args.model, str(version.version), name, answers, scratch, args.poll_s, names_file)
             raise EngineError(f"the vLLM engine behind `serve` stopped: {engine.died()}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -98,9 +116,13 @@ def guard_settings(args) -> dict[str, str]:
     return {guard.MAX_BODY_VARIABLE: str(cap), guard.CONTROL_TOKENS_VARIABLE: "1"}
 
 
-def follow_alias(registry, ref: str, shown: str, name: str, answers, scratch: Path, poll_s: float) -> None:
-    """Until the engine stops: every `poll_s`, the alias's version; a new one is swapped in."""
+def follow_alias(
+    registry, ref: str, shown: str, name: str, answers, scratch: Path, poll_s: float, names_file: Path
+) -> None:
+    """Until the engine stops: every `poll_s`, the alias's version; a new one is loaded beside
+    the old, then the stable name points at it; the one before the old is unloaded."""
     engine = answers.engine
+    loaded = [shown]
     while engine.alive():
         time.sleep(poll_s)
         if not ref.startswith("@") or not engine.alive():
@@ -109,14 +131,20 @@ def follow_alias(registry, ref: str, shown: str, name: str, answers, scratch: Pa
         if current is None or str(current.version) == shown:
             continue
         started = time.monotonic()
-        adapter, _ = fetch_version(registry, current, scratch / f"v{current.version}")
-        answers.load_adapter(name, str(adapter), replace=True)
+        version = str(current.version)
+        if version not in loaded:
+            adapter, _ = fetch_version(registry, current, scratch / f"v{version}")
+            answers.load_adapter(version_name(registry.name, version), str(adapter))
+            loaded.append(version)
+        point(names_file, name, version_name(registry.name, version))
         print(
-            f"serve: {name} now answers with v{current.version} (was v{shown}; swapped in "
+            f"serve: {name} now answers with v{version} (was v{shown}; swapped in "
             f"{time.monotonic() - started:.1f} s, no restart)",
             file=sys.stderr,
             flush=True,
         )
-        old = scratch / f"v{shown}"
-        shown = str(current.version)
-        shutil.rmtree(old, ignore_errors=True)
+        shown = version
+        while len(loaded) > 2:  # requests to the one before the previous have long ended
+            old = loaded.pop(0)
+            answers.unload_adapter(version_name(registry.name, old))
+            shutil.rmtree(scratch / f"v{old}", ignore_errors=True)

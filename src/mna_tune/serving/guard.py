@@ -7,10 +7,15 @@ settings come from the environment the engine is started with).
   read pass it (a chunked body), before it is ever held whole;
 - a body that does not arrive within the timeout (a Content-Length and then nothing): 408;
 - `Authorization: bearer <key>` is read as `Bearer <key>` (schemes are case-insensitive);
+- a stable model name (`mna-tune-qwen3-adapter@champion`) is sent on as the version it
+  stands for now (`mna-tune-qwen3-adapter/8`), read from the file MNA_TUNE_MODEL_NAMES names:
+  `serve --engine vllm` loads a promoted version beside the old one and then rewrites that
+  file, so each request is answered wholly by one version, never half by each;
 - on the chat and completion routes, a JSON body whose message text cannot be UTF-8 (a lone
   surrogate such as "\\ud800"), or, where the server would read them as control tokens (the
   engine renders messages through a chat template), Qwen3's special-token strings: 400
   naming the field. `max_tokens` that is not an integer (a string, true): 400, as OpenAI.
+  An empty question (the last user message blank): 400.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import os
 import re
 
 MAX_BODY_VARIABLE = "MNA_TUNE_MAX_BODY_BYTES"
+MODEL_NAMES_VARIABLE = "MNA_TUNE_MODEL_NAMES"  # a JSON file {stable name: served name}, rewritten atomically
 BODY_TIMEOUT_VARIABLE = "MNA_TUNE_BODY_TIMEOUT_S"
 CONTROL_TOKENS_VARIABLE = "MNA_TUNE_REFUSE_CONTROL_TOKENS"
 DEFAULT_BODY_TIMEOUT_S = 30.0
@@ -55,6 +61,7 @@ class RequestGuard:
         if refuse_control_tokens is None:
             refuse_control_tokens = os.environ.get(CONTROL_TOKENS_VARIABLE, "") == "1"
         self.refuse_control_tokens = refuse_control_tokens
+        self.names = ModelNames(os.environ.get(MODEL_NAMES_VARIABLE) or None)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
@@ -66,9 +73,12 @@ class RequestGuard:
             body = await self._read(scope, receive)
             if scope["path"] in CHECKED_ROUTES:
                 self._check(body)
+                body = self.names.rewrite(body)
         except Refused as refused:
             await _respond(send, refused)
             return
+        headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+        scope = {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
         await self.app(scope, _replay(body, receive), send)
 
     async def _read(self, scope, receive) -> bytes:
@@ -111,6 +121,9 @@ class RequestGuard:
             value = request.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise Refused(400, f"{key} must be an integer, got {json.dumps(value)}", param=key, code="invalid_type")
+        question = _last_user_text(request)
+        if question is not None and not question[1].strip():
+            raise Refused(400, "the question is empty", param=question[0], code="empty_question")
         for where, text in _texts(request):
             try:
                 text.encode("utf-8")
@@ -125,6 +138,40 @@ class RequestGuard:
                 )
 
 
+class ModelNames:
+    """The stable names and the served names they stand for, re-read when the file changes."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.stamp: int | None = None
+        self.names: dict[str, str] = {}
+
+    def current(self) -> dict:
+        if self.path is None:
+            return {}
+        try:
+            stamp = os.stat(self.path).st_mtime_ns
+            if stamp != self.stamp:
+                with open(self.path, encoding="utf-8") as handle:
+                    self.names, self.stamp = json.load(handle), stamp
+        except (OSError, ValueError):
+            pass  # mid-replace or gone: keep the names last read
+        return self.names
+
+    def rewrite(self, body: bytes) -> bytes:
+        names = self.current()
+        if not names:
+            return body
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return body
+        if isinstance(request, dict) and request.get("model") in names:
+            request["model"] = names[request["model"]]
+            return json.dumps(request).encode()
+        return body
+
+
 def bearer_spelled_out(scope: dict) -> dict:
     """Authentication schemes are case-insensitive (RFC 7235): `bearer <key>` is `Bearer <key>`."""
     headers = scope["headers"]
@@ -133,6 +180,19 @@ def bearer_spelled_out(scope: dict) -> dict:
             headers = [*headers[:index], (name, b"Bearer " + value[7:].lstrip()), *headers[index + 1 :]]
             return {**scope, "headers": headers}
     return scope
+
+
+def _last_user_text(request: dict) -> tuple[str, str] | None:
+    """(field, text) of the last user message's text, when it is plain text."""
+    messages = request.get("messages")
+    if not isinstance(messages, list):
+        return None
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            return (f"messages[{index}].content", content) if isinstance(content, str) else None
+    return None
 
 
 def _texts(request: dict):
