@@ -87,3 +87,14 @@ def test_help_ends_with_a_whole_sentence(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "and per user tool." in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_busy_port_is_one_line_before_anything_loads(capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, err = run(capsys, "serve", "--port", str(port))
+    assert code == 1 and f"cannot serve on 127.0.0.1:{port}: Address already in use" in err

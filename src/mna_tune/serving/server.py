@@ -839,7 +839,10 @@ def limits_of(args) -> Limits:
 
 
 def main(params: Params, args) -> None:
+    from ..engine.process import check_port_free
     from ..registry.registry import Registry
+
+    check_port_free(args.host, args.port)  # first: a busy port is one line before minutes of loading
 
     if getattr(args, "engine", "transformers") == "vllm":
         from .engine_server import main as serve_on_engine
