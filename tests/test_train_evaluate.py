@@ -214,6 +214,11 @@ def test_export_merged_loads_in_plain_transformers_and_ask_answers(workspace):
     run_train(params)
     out = export_merged(params, workspace / "merged")
     assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+    from mna_tune.registry.lineage import workspace_md5
+    from mna_tune.serving.export import MARKER
+
+    origin = json.loads((out / MARKER).read_text())["merged export of"]  # traceable: the adapter's hash
+    assert origin["adapter_md5"] == workspace_md5(workspace / "models/adapter")
     merged = AutoModelForCausalLM.from_pretrained(str(out))
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     messages = build_messages(QA[0][0])

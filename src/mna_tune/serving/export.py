@@ -3,6 +3,7 @@ weights (PEFT merge_and_unload), the tokenizer and the training chat template.""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,12 +15,30 @@ from ..workspace import project_root
 
 def adapter_folder(params: Params, ref: str | None, scratch: Path) -> Path:
     """The workspace adapter (paths.train.adapter) or a registered version's (`7`, `@champion`)."""
+    return adapter_and_origin(params, ref, scratch)[0]
+
+
+def adapter_and_origin(params: Params, ref: str | None, scratch: Path) -> tuple[Path, dict]:
+    """The adapter folder and what identifies it for good: the version and its MLflow run
+    (not the alias, which moves), and the adapter's content hash."""
+    from ..registry.lineage import workspace_md5
+
     if ref is None:
-        return params.paths.train.adapter
+        adapter = Path(params.paths.train.adapter)
+        return adapter, {"adapter": str(adapter), "adapter_md5": workspace_md5(adapter)}
     from ..registry.registry import Registry
 
     registry = Registry(params.mlflow)
-    return registry.download_adapter(registry.version(ref), scratch)
+    version = registry.version(ref)
+    adapter = registry.download_adapter(version, scratch)
+    origin = {
+        "registered_model": registry.name,
+        "version": str(version.version),
+        "asked_as": ref,
+        "run_id": version.run_id,
+        "adapter_md5": workspace_md5(adapter),
+    }
+    return adapter, origin
 
 
 MARKER = ".mna-tune-export"  # written into every export folder: --force replaces only such a folder
@@ -57,7 +76,7 @@ def export_merged(params: Params, out: Path, ref: str | None = None, force: bool
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            adapter = adapter_folder(params, ref, Path(scratch))
+            adapter, origin = adapter_and_origin(params, ref, Path(scratch))
             # merged weights must be plain tensors: the base is loaded unquantized
             model = load_adapter_model(params.model.model_copy(update={"quantization": "none"}), adapter)
             model.merge_and_unload().save_pretrained(str(staging), safe_serialization=True)
@@ -66,7 +85,7 @@ def export_merged(params: Params, out: Path, ref: str | None = None, force: bool
         # system prompt when they send none, the empty think block unless they ask for thinking
         tokenizer.chat_template = SERVING_CHAT_TEMPLATE
         tokenizer.save_pretrained(str(staging))
-        (staging / MARKER).write_text(f"merged export of {ref or params.paths.train.adapter}\n", encoding="utf-8")
+        (staging / MARKER).write_text(json.dumps({"merged export of": origin}, indent=2) + "\n", encoding="utf-8")
         readable = 0o666 & ~_umask()
         for path in staging.rglob("*"):
             path.chmod(readable | 0o111 if path.is_dir() else readable)
