@@ -106,7 +106,12 @@ def format_version(report: dict) -> str:
         now = "missing" if item["workspace_md5"] is None else _mark(item["workspace_matches"])
         detail = "" if item["workspace_matches"] else f" (now {item['workspace_md5']})"
         lines.append(f"  {item['stage']:<8} {item['path']}  md5 {item['md5']}  {rows}  workspace: {now}{detail}")
-    lines.append("params   " + " ".join(f"{k}={v}" for k, v in report["params"].items()))
+    sections: dict[str, list[str]] = {}
+    for key, value in report["params"].items():  # one line per params section, not one line of thousands
+        section, _, rest = key.partition(".")
+        sections.setdefault(section, []).append(f"{rest or section}={value}")
+    for number, (section, values) in enumerate(sections.items()):
+        lines.append(f"{'params' if number == 0 else '':<8} {section}: " + " ".join(values))
     lines.append(
         "metrics  "
         + " ".join(f"{k}={v:g}" for k, v in report["metrics"].items() if k.startswith(("adapter.", "base.")))
