@@ -182,7 +182,7 @@ def test_no_champion_is_one_line_with_the_ways_on(workspace, capsys):
         error = one_error_line(capsys.readouterr().err)
         assert "no version is champion yet" in error
         assert "mna-tune promote 1" in error and "@candidate" in error and "Korean-only share" in error
-    assert main(["promote", "7"]) == 1
+    assert main(["promote", "7", "--reason", "unknown version"]) == 1
     assert "no model version '7'" in capsys.readouterr().err
 
     # A deleted store: one line, before any model work (a new process: MLflow caches open stores)
