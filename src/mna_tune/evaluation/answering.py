@@ -8,6 +8,7 @@ which one ran. Greedy answers are the same token for token (tests/test_engine.py
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import replace
@@ -75,13 +76,18 @@ class VllmAnswers:
         }
         self.description = f"{engine_answers.engine.version} ({engine_answers.engine.spec.dtype})"
 
+    adapter = ADAPTER  # the served name the "adapter" is asked for under
+
+    def _model(self, which: str) -> str:
+        return self.adapter if which == ADAPTER else which
+
     def _prompts(self, conversations: list[list[dict]]) -> list[list[int]]:
         return [prompt_ids(self.tokenizer, messages) for messages in conversations]
 
     def generate(
         self, which: str, conversations: list[list[dict]], settings: GenerationSettings, progress: str | None = None
     ) -> tuple[list[str], int, float]:
-        return self.answers.generate(which, self._prompts(conversations), settings, progress=progress)
+        return self.answers.generate(self._model(which), self._prompts(conversations), settings, progress=progress)
 
     def sample(
         self,
@@ -97,7 +103,7 @@ class VllmAnswers:
         prompts, sampled = self._prompts(conversations), replace(settings, do_sample=True)
         passes = [
             self.answers.generate(
-                which,
+                self._model(which),
                 prompts,
                 sampled,
                 seed=seed + 1 + number,
@@ -107,25 +113,12 @@ class VllmAnswers:
         ]
         return [list(answers) for answers in zip(*passes)]
 
-    def with_adapter(self, name: str, folder: Path, model) -> _Named:
+    def with_adapter(self, name: str, folder: Path, model) -> VllmAnswers:
+        """The same engine, with `folder` loaded as `name` and asked for as the "adapter"."""
         self.answers.load_adapter(name, str(folder))
-        return _Named(self, name)
-
-
-class _Named:
-    """A loaded adapter of the engine, asked for as the "adapter"."""
-
-    def __init__(self, answers: VllmAnswers, name: str):
-        self.inner, self.name = answers, name
-        self.identity, self.description = answers.identity, answers.description
-
-    def generate(self, which, conversations, settings, progress=None):
-        return self.inner.generate(self.name if which == ADAPTER else which, conversations, settings, progress)
-
-    def sample(self, which, conversations, settings, samples, seed, progress=None):
-        return self.inner.sample(
-            self.name if which == ADAPTER else which, conversations, settings, samples, seed, progress
-        )
+        other = copy.copy(self)
+        other.adapter = name
+        return other
 
 
 @contextlib.contextmanager
