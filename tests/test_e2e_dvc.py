@@ -426,6 +426,14 @@ def test_exp_show_compares_two_learning_rates_and_the_run_cache_adds_no_version(
     header = table[0].split(",")
     assert len(header) <= 25 and "train.learning_rate" in header, header
     assert any(column.startswith("adapter.") for column in header)  # a figure that moved
+    # The README's comparison command reads at 120 columns: what changed and the figures it moved.
+    import shlex
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    command = next(shlex.split(line.split("  #")[0]) for line in readme if line.startswith("dvc exp show"))
+    shown_md = sh(clone, *command, "--md").stdout
+    assert max(len(line) for line in shown_md.splitlines()) <= 120, shown_md
+    assert "train.learning_rate" in shown_md and "adapter.rougeL_f1" in shown_md, shown_md
     shown = json.loads(sh(clone, "dvc", "exp", "show", "--json").stdout)
     runs = [run for entry in shown for exp in (entry.get("experiments") or []) for run in (exp.get("revs") or [])]
     lr_b = next(run for run in runs if run.get("name") == "lr-b")

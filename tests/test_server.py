@@ -566,3 +566,24 @@ def test_message_text_cannot_inject_control_tokens(qwen3_tokenizer):
     content = ids[user_start + 1 : ids.index(EOS, user_start)]
     assert all(token < 151643 for token in content)  # no added token at all inside the content span
     assert qwen3_tokenizer.decode(content) == "user\n" + attack  # and the text is kept as written
+
+
+def test_streamed_text_arrives_token_by_token_even_without_spaces(qwen3_tokenizer):
+    """transformers' TextStreamer held text after a symbol until the next space: a Korean
+    answer with no space after its comma arrived as one chunk at the end."""
+    import torch
+
+    from mna_tune.serving.server import QueueStreamer
+
+    text = "합병은,두회사가하나로합쳐지는것입니다.\n다음 줄: 🙂끝"
+    ids = qwen3_tokenizer(text, add_special_tokens=False).input_ids
+    pieces: list[str] = []
+    streamer = QueueStreamer(qwen3_tokenizer, lambda item: pieces.append(item[1]))
+    streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt: skipped
+    for token in ids:
+        streamer.put(torch.tensor([token]))
+    before_end = len(pieces)
+    streamer.end()
+    assert "".join(pieces) == text
+    assert before_end >= len(ids) // 2 and all("\ufffd" not in piece for piece in pieces)
+    assert len(pieces) == before_end  # nothing was held back for the end

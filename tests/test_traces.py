@@ -50,3 +50,30 @@ def test_rows_become_traces_and_a_rerun_replaces_them(workspace):
         )
         assert trace.info.tags["category"] == "M&A"
     assert mlflow.MlflowClient(tracker.uri).get_run(run_id).info.status == "FINISHED"
+
+
+def test_each_runs_traces_are_its_own_though_the_stage_seeded_random(workspace):
+    """OpenTelemetry draws trace ids from Python's `random`: two evaluations seeded alike once
+    drew the same ids, and the second version's scores landed on the first one's traces."""
+    import random
+
+    params = MlflowParams(tracking_uri="", experiment="traces-test", registered_model="m")
+    tracker = Tracker(params)
+    runs = {}
+    for answer in ("첫 답", "둘째 답"):
+        run_id = tracker.start_run("train", {}, {})
+        tracker.end_run(run_id)
+        random.seed(42)  # what the evaluate stage does before generating
+        state = random.getstate()
+        log_eval_traces(params, run_id, rows(answer))
+        assert random.getstate() == state  # the stage's seeded sequence is left as it was
+        runs[run_id] = answer
+    ids = {}
+    for run_id, answer in runs.items():
+        traces = run_traces(params, run_id)
+        ids[run_id] = {t.info.trace_id for t in traces}
+        assert len(traces) == 2 and all(f'"{answer}"' in t.info.response_preview for t in traces)
+        for trace in traces:  # every score on a trace comes from its own run
+            assert {a.metadata["mlflow.assessment.sourceRunId"] for a in trace.info.assessments} == {run_id}
+    first, second = ids.values()
+    assert not first & second

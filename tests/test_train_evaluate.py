@@ -283,6 +283,20 @@ def test_gate_compares_candidate_and_champion_on_the_same_test_split(workspace):
     client = mlflow.MlflowClient(f"sqlite:///{workspace}/mlflow.db")
     assert len(client.search_model_versions(f"name='{params.mlflow.registered_model}'")) == 2
 
+    # Each version's traces are its own: from its run, linked to its logged model, tagged with it.
+    from mna_tune.registry.traces import run_traces
+
+    seen = set()
+    for number, test_rows in (("1", 2), ("2", 3)):
+        version = registry.version(number)
+        traces = run_traces(params.mlflow, version.run_id)
+        assert len(traces) == test_rows and not seen & {t.info.trace_id for t in traces}
+        seen |= {t.info.trace_id for t in traces}
+        for trace in traces:
+            assert trace.info.tags["model_version"] == number
+            assert trace.info.trace_metadata["mlflow.modelId"] == version.source.removeprefix("models:/")
+            assert {a.metadata["mlflow.assessment.sourceRunId"] for a in trace.info.assessments} == {version.run_id}
+
 
 def test_git_dirty_counts_code_params_and_inputs_not_pipeline_outputs(tmp_path, monkeypatch):
     import subprocess

@@ -85,7 +85,7 @@ class EngineAnswers:
         except EngineError:
             raise
         except Exception as exc:  # transport failures of a dead engine surface here too
-            if not self.engine.alive():
+            if self.engine.exited():
                 raise self.engine.died() from None
             raise EngineError(f"the vLLM engine failed to answer: {exc}") from None
         seconds = time.perf_counter() - started
@@ -94,7 +94,7 @@ class EngineAnswers:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True), new_tokens, seconds
 
     def _failed(self, detail: str) -> EngineError:
-        if not self.engine.alive():
+        if self.engine.exited():
             return self.engine.died()
         return EngineError(f"the vLLM engine: {detail}")
 
@@ -113,6 +113,6 @@ class EngineAnswers:
         try:
             response = httpx.post(self.engine.base_url + route, json=body, headers=headers, timeout=120.0)
         except httpx.HTTPError as exc:
-            raise self.engine.died() if not self.engine.alive() else EngineError(f"{what}: {exc}") from None
+            raise self.engine.died() if self.engine.exited() else EngineError(f"{what}: {exc}") from None
         if response.status_code != 200:
             raise EngineError(f"the vLLM engine refused {what}: {response.text[:300]}")

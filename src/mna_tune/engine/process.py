@@ -73,6 +73,15 @@ class Engine:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def exited(self, within_s: float = 5.0) -> bool:
+        """Whether the engine has ended, waiting up to `within_s`: a killed server closes its
+        socket (clients see "connection refused") a moment before its exit can be collected."""
+        try:
+            self.process.wait(timeout=within_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     def died(self) -> EngineError:
         """The error for an engine that stopped answering: how it ended and its log's last error."""
         code = self.process.poll()

@@ -15,10 +15,10 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from importlib.metadata import version as installed
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..chat import answer_of, question_of, strip_think
-from ..decoding import SERVING_CONFIG, GenerationSettings, serving_config, settings_of
+from ..decoding import SERVING_CONFIG, GenerationSettings, settings_of
 from ..params import Params
 from ..workspace import (
     atomic_open,
@@ -31,6 +31,9 @@ from ..workspace import (
 from .answering import ADAPTER, BASE, answering
 from .generation import answer_only_losses
 from .scoring import ModelRun, add_row_details, compare, score_rows
+
+if TYPE_CHECKING:
+    from ..registry.publish import Published
 
 PLOTTED = (
     "rougeL_f1",
@@ -213,66 +216,25 @@ def write_tables(params: Params, result: Evaluation) -> None:
                 out.write(f"{metric},{overall['base'][metric]},{overall['adapter'][metric]}\n")
 
 
-def lineage_paths(params: Params) -> dict[str, list[str]]:
-    """The inputs whose dvc.lock md5 a version carries, by the stage that reads them."""
-    raw_filter = [str(params.filter.lexicon_path)]
-    if params.filter.scorer == "column":
-        raw_filter.append(str(params.filter.scores_path))
-    splits = params.paths.split
-    return {
-        "extract": [str(params.data.aihub_dir)],
-        "filter": raw_filter,
-        "merge": [str(params.data.mna_path)],
-        "split": [str(splits.train), str(splits.val), str(splits.test)],
-    }
-
-
-def champion_on_this_split(params: Params, result: Evaluation, registry, test_md5: str, answers, judge=None):
-    """(champion version, its metrics on the test rows evaluated here), or None without a
-    champion. Metrics from another test split are never compared, nor a gate metric the
-    champion's evaluation lacks (a judge figure from a run without the judge): the
-    champion's adapter is then evaluated on these rows first (the base outputs are shared)."""
-    from ..registry.registry import CHAMPION
-
-    champion = registry.alias_version(CHAMPION)
-    if champion is None:
-        return None, f"test split {test_md5[:12]}"
-    metric = params.evaluate.gate.metric
-    if champion.tags.get(f"lineage.split.{params.paths.split.test}") == test_md5:
-        logged = registry.client.get_run(champion.run_id).data.metrics
-        metrics = {
-            key.removeprefix("eval/adapter/"): value for key, value in logged.items() if key.startswith("eval/adapter/")
-        }
-        if metric in metrics:
-            return (str(champion.version), metrics), f"test split {test_md5[:12]}, the champion's own"
-        why = f"its evaluation has no {metric}"
-    else:
-        why = "it was evaluated on another test split"
-    print(f"evaluate: champion v{champion.version}: {why}: evaluating it on this one")
-    metrics = evaluate_registered(params, result, registry, champion, answers, judge)
-    return (
-        str(champion.version),
-        metrics,
-    ), f"test split {test_md5[:12]}, champion v{champion.version} re-evaluated on it"
-
-
-def evaluate_registered(params: Params, result: Evaluation, registry, version, answers, judge=None) -> dict:
-    """A registered version's adapter on this evaluation's rows, answered by the same engine
-    and scored (and judged, with the judge on) like the candidate."""
+def evaluate_champion(params: Params, result: Evaluation, version: str, answers, judge=None) -> dict:
+    """The champion's adapter on this evaluation's rows, answered by the same engine and scored
+    (and judged, with the judge on) like the candidate: its figures on this test split."""
     import tempfile
 
     from ..modeling import load_adapter_model, load_tokenizer
     from ..params import ModelParams
+    from ..registry.registry import Registry
     from .judge import judge_evaluation
 
+    registry = Registry(params.mlflow)
     with tempfile.TemporaryDirectory() as scratch:
-        adapter = registry.download_adapter(version, Path(scratch))
+        adapter = registry.download_adapter(registry.version(version), Path(scratch))
         config = next(Path(scratch).rglob(SERVING_CONFIG), None)
         model_params = (
             ModelParams(**json.loads(config.read_text(encoding="utf-8"))["model"]) if config else params.model
         )
         model = load_adapter_model(model_params, adapter)
-        champion = answers.with_adapter(f"champion-v{version.version}", adapter, model)
+        champion = answers.with_adapter(f"champion-v{version}", adapter, model)
         run = run_model(
             model, load_tokenizer(model_params.base), champion, result.rows, result.generated, settings_of(params)
         )
@@ -281,89 +243,17 @@ def evaluate_registered(params: Params, result: Evaluation, registry, version, a
     return other.overall["adapter"]
 
 
-def version_tags(params: Params, result: Evaluation, lineage: dict, verified: bool, adapter_md5: str) -> dict:
-    """What an auditor needs on the version's page (at most 15 tags; the rest is on the run):
-    code, data hashes, the adapter hash and the headline figures. The gate adds three more."""
-    from ..registry.registry import ADAPTER_MD5
-    from ..registry.tracking import git_info
-
-    git = {key: value for key, value in git_info(params.paths.outputs()).items() if key in ("git_commit", "git_dirty")}
+def headline_tag(result: Evaluation) -> str:
+    """The headline figures for the version's page, adapter and delta."""
     figures = ", ".join(
         f"{key} {result.overall['adapter'][key]:.4g} ({result.overall['delta'].get(key, 0):+.4g})"
         for key in HEADLINE
         if key in result.overall["adapter"]
     )
-    return {
-        **git,
-        **lineage,
-        "lineage.verified": str(verified).lower(),
-        ADAPTER_MD5: adapter_md5,
-        "eval.headline": f"adapter vs base: {figures}",
-    }
+    return f"adapter vs base: {figures}"
 
 
-def register(params: Params, result: Evaluation, run_id: str, answers, lock: Path = Path("dvc.lock"), judge=None):
-    """The adapter's registry version (a new one, or the one already holding this exact
-    adapter: a run-cache restore or the same training twice), then the gate.
-    Returns (version, gate decision, whether dvc.lock vouches for the evaluated splits,
-    whether the version is new, the MLflow run it was registered from)."""
-    from ..registry.lineage import lineage_from_lock, workspace_md5
-    from ..registry.promotion import apply_gate
-    from ..registry.registry import Registry
-    from ..registry.tracking import Tracker
-
-    overall = result.overall
-    tracker, registry = Tracker(params.mlflow), Registry(params.mlflow)
-    lineage = lineage_from_lock(lock, lineage_paths(params))
-    # The lock must describe the split files evaluated here; a stale lock (a stage run by
-    # hand outside DVC) is flagged rather than trusted.
-    verified = all(lineage.get(f"lineage.split.{path}") == file_md5(path) for path in lineage_paths(params)["split"])
-    adapter_md5 = workspace_md5(params.paths.train.adapter)
-    if adapter_md5 is None:
-        raise FileNotFoundError(2, "the adapter is missing", str(params.paths.train.adapter))
-    existing = registry.with_adapter(adapter_md5)
-    test_md5 = file_md5(params.paths.split.test)
-    champion, split_note = champion_on_this_split(params, result, registry, test_md5, answers, judge)
-    if existing is not None:  # never a second version of one adapter, never another run's tags rewritten
-        version = str(existing.version)
-        print(
-            f"evaluate: this adapter ({adapter_md5}) is already registered as v{version} "
-            f"(MLflow run {existing.run_id}): applying the gate to v{version}"
-        )
-        if existing.run_id != run_id:
-            tracker.set_tags(
-                run_id, {"registered_version": f"{version} (already registered from run {existing.run_id})"}
-            )
-    else:
-        tracker.log_metrics(
-            run_id,
-            {
-                f"eval/{name}/{key}": value
-                for name in ("adapter", "base", "delta")
-                for key, value in overall[name].items()
-            },
-        )
-        tracker.log_metrics(
-            run_id, {f"eval/{name}/gen_tokens_per_second": value for name, value in result.throughput.items()}
-        )
-        version = str(
-            registry.register(
-                run_id,
-                params.paths.train.adapter,
-                serving_config(params),
-                version_tags(params, result, lineage, verified, adapter_md5),
-            ).version
-        )
-        tracker.set_tags(run_id, {"registered_model": registry.name, "registered_version": version})
-    if champion is not None and champion[0] == version:
-        champion = None  # re-evaluating the champion itself: judged against the base model
-    decision = apply_gate(
-        registry, version, overall["adapter"], overall["base"], params.evaluate.gate, champion, split_note
-    )
-    return version, decision, verified, existing is None, existing.run_id if existing is not None else run_id
-
-
-def write_report(params: Params, result: Evaluation, run_id: str, version: str, version_run: str, decision) -> None:
+def write_report(params: Params, result: Evaluation, run_id: str, published: Published) -> None:
     from .report import render
 
     cfg = params.evaluate
@@ -386,12 +276,13 @@ def write_report(params: Params, result: Evaluation, run_id: str, version: str, 
     samples = [{key: row[key] for key in shown if key in row} for row in result.predictions[: cfg.report_samples]]
     origin = (
         f"MLflow run `{run_id}`"
-        if version_run == run_id
-        else f"registered from MLflow run `{version_run}`; this evaluation in run `{run_id}`"
+        if published.version_run == run_id
+        else f"registered from MLflow run `{published.version_run}`; this evaluation in run `{run_id}`"
     )
+    decision = published.decision
     header = [
-        f"- base model: `{params.model.base}`; adapter: `{params.mlflow.registered_model}` version {version} "
-        f"({origin})",
+        f"- base model: `{params.model.base}`; adapter: `{params.mlflow.registered_model}` "
+        f"version {published.version} ({origin})",
         f"- test rows: {len(result.rows)} (answers generated for {len(result.generated)}); base outputs "
         f"{'from cache' if result.base_from_cache else 'computed in this run'}",
         f"- decoding: {'sampling' if cfg.do_sample else 'greedy'}, max {cfg.max_new_tokens} new tokens; "
@@ -416,7 +307,9 @@ def write_report(params: Params, result: Evaluation, run_id: str, version: str, 
         out.write(text)
 
 
-def log_outputs(params: Params, result: Evaluation, run_id: str, lock: Path = Path("dvc.lock")) -> None:
+def log_outputs(
+    params: Params, result: Evaluation, run_id: str, published: Published, lock: Path = Path("dvc.lock")
+) -> None:
     from ..registry.traces import log_eval_traces
     from ..registry.tracking import Tracker
     from .trace_rows import trace_rows
@@ -430,7 +323,8 @@ def log_outputs(params: Params, result: Evaluation, run_id: str, lock: Path = Pa
         tracker.log_artifact(run_id, lock, "lineage")
     judged = result.overall.get("judge", {})
     tracker.log_metrics(run_id, {f"eval/judge/{key}": value for key, value in judged.items()})  # numbers only
-    log_eval_traces(params.mlflow, run_id, trace_rows(result.predictions, judged.get("model")))
+    rows = trace_rows(result.predictions, judged.get("model"), published.version)
+    log_eval_traces(params.mlflow, run_id, rows, published.model_id)
 
 
 def headline(result: Evaluation, engine: str, splits) -> dict:
@@ -450,6 +344,7 @@ def run_evaluate(params: Params, check_inputs=lambda: None) -> dict:
     """`check_inputs` raises when params or inputs changed while evaluating (then nothing is
     registered and DVC locks nothing)."""
     from ..modeling import load_adapter_model, load_tokenizer
+    from ..registry.publish import comparison, publish
     from ..registry.tracking import Tracker
     from .judge import Judge, judge_evaluation
 
@@ -460,32 +355,39 @@ def run_evaluate(params: Params, check_inputs=lambda: None) -> dict:
     run_id = json.loads(run_info.read_text(encoding="utf-8"))["run_id"]
     Tracker(params.mlflow).check_writable(run_id, str(run_info))  # before a minute of model work
     judge = Judge.from_params(params)  # None when disabled; a bad judge setup fails here, not after generating
+    compared = comparison(params)  # candidate, base and champion: decided before any model runs
     limit = params.evaluate.max_generate_rows
     generated = rows[:limit] if limit else rows
     tokenizer = load_tokenizer(params.model.base)
     model = load_adapter_model(params.model, params.paths.train.adapter)
-    with answering(params, model, tokenizer) as answers:  # with vllm: the engine runs until registered
+    with answering(params, model, tokenizer) as answers:  # with vllm: the engine runs until the champion is done
         runs, cached = run_models(params, model, tokenizer, answers, rows, generated)
         result = score(params, rows, generated, runs, cached)
         result.engine = answers.description
         judge_evaluation(judge, result)  # the LLM judge, before any output is written
-        check_inputs()
-        write_tables(params, result)
-        version, decision, verified, new, version_run = register(params, result, run_id, answers, judge=judge)
+        champion_metrics = compared.champion_metrics
+        if compared.evaluate_champion:
+            champion_metrics = evaluate_champion(params, result, str(compared.champion), answers, judge)
+    check_inputs()
+    write_tables(params, result)
+    published = publish(
+        params, run_id, compared, result.overall, result.throughput, headline_tag(result), champion_metrics
+    )
     Tracker(params.mlflow).set_tags(run_id, {"eval.engine": result.engine})
-    write_report(params, result, run_id, version, version_run, decision)
+    write_report(params, result, run_id, published)
     metrics = headline(result, params.evaluate.engine, params.paths.split)
     write_json(params.paths.evaluate.metrics, metrics)
-    if new:
-        log_outputs(params, result, run_id)
+    if published.new:
+        log_outputs(params, result, run_id, published)
 
     a, d = result.overall["adapter"], result.overall["delta"]
+    decision = published.decision
     print(
         f"evaluate: adapter ROUGE-L {a.get('rougeL_f1')} ({d.get('rougeL_f1', 0):+}), chrF {a.get('chrf')} "
         f"({d.get('chrf', 0):+}), loss {a['eval_loss']} ({d['eval_loss']:+}), Korean-only "
-        f"{a.get('korean_only_share')}; {'registered' if new else 'already registered as'} v{version} "
-        f"(lineage verified: {verified}); gate {'passed: champion' if decision.passed else 'not passed'}: "
-        f"{decision.reason}"
+        f"{a.get('korean_only_share')}; {'registered' if published.new else 'already registered as'} "
+        f"v{published.version} (lineage verified: {published.verified}); gate "
+        f"{'passed: champion' if decision.passed else 'not passed'}: {decision.reason}"
     )
     return metrics
 

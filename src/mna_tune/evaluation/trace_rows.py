@@ -64,9 +64,9 @@ def _judge_assessments(row: dict, judge: str) -> list[dict]:
     return out
 
 
-def trace_rows(predictions: list[dict], judge: str | None = None) -> list[dict]:
+def trace_rows(predictions: list[dict], judge: str | None = None, version: str | None = None) -> list[dict]:
     """One trace row per prediction row; `judge` names the judge model when the rows carry
-    its verdicts."""
+    its verdicts; `version` is the registered version the rows evaluated (a tag on each trace)."""
     rows = []
     for row in predictions:
         assessments = []
@@ -82,7 +82,11 @@ def trace_rows(predictions: list[dict], judge: str | None = None) -> list[dict]:
                 "inputs": {"question": row["question"]},
                 "outputs": {"base": row["base"], "adapter": row["adapter"]},
                 "expectations": {"expected_response": row["reference"]},
-                "tags": {"source": row["source"], "category": row["category"]},
+                "tags": {
+                    "source": row["source"],
+                    "category": row["category"],
+                    **({"model_version": version} if version else {}),
+                },
                 "assessments": assessments,
             }
         )

@@ -77,6 +77,11 @@ class Registry:
         except self.mlflow.exceptions.MlflowException:
             return None
 
+    def run_metrics(self, run_id: str, prefix: str) -> dict[str, float]:
+        """A run's logged metrics whose names start with `prefix`, the prefix removed."""
+        logged = self.client.get_run(run_id).data.metrics
+        return {key.removeprefix(prefix): value for key, value in logged.items() if key.startswith(prefix)}
+
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.name, alias, str(version))
 

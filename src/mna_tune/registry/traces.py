@@ -13,6 +13,7 @@ sqlite store; no usage telemetry is sent.
 from __future__ import annotations
 
 import os
+import random
 from collections import defaultdict
 from typing import Any
 
@@ -71,9 +72,10 @@ def _run_traces(client, experiment_id: str, run_id: str) -> list[str]:
             return ids
 
 
-def log_eval_traces(params: MlflowParams, run_id: str, rows: list[dict]) -> int:
-    """Logs `rows` as traces of run `run_id`, replacing the traces an earlier evaluation
-    left there, so the run holds one trace per evaluated row. Each row:
+def log_eval_traces(params: MlflowParams, run_id: str, rows: list[dict], model_id: str | None = None) -> int:
+    """Logs `rows` as traces of run `run_id` (linked to the LoggedModel `model_id`, the
+    registered version's model), replacing the traces an earlier evaluation left in that run,
+    so the run holds one trace per evaluated row and no other run's. Each row:
     {"id", "inputs": {...}, "outputs": {...}, "expectations": {...}, "tags": {...},
     "assessments": [{"name": "family/part", "value", "rationale"?, "judge"?: judge model}]}.
     Returns the number of traces logged. The run keeps its status."""
@@ -98,10 +100,16 @@ def log_eval_traces(params: MlflowParams, run_id: str, rows: list[dict]) -> int:
         for row in rows
     ]
     status = run.info.status
+    # OpenTelemetry draws trace ids from Python's `random`, which the evaluate stage seeded:
+    # every evaluation drew the same ids, and the store merged a new version's traces into the
+    # last one's. Fresh entropy for the ids; the seeded state is given back afterwards.
+    seeded = random.getstate()
+    random.seed()
     try:
         with mlflow.start_run(run_id=run_id):
-            mlflow.genai.evaluate(data=data, scorers=_scorers(rows))
+            mlflow.genai.evaluate(data=data, scorers=_scorers(rows), model_id=model_id)
     finally:
+        random.setstate(seeded)
         if status != "RUNNING":  # logging traces does not change how training ended
             client.set_terminated(run_id, status=status)
     for start in range(0, len(earlier), 100):

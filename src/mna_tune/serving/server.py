@@ -417,11 +417,29 @@ class SeededSampler(LogitsProcessor):
 
 
 class QueueStreamer(TextStreamer):
-    """Hands decoded text to the event loop (generation runs in a worker thread)."""
+    """Hands decoded text to the event loop (generation runs in a worker thread), token by
+    token. transformers' TextStreamer waits for a space before it sends Latin-script words
+    (and treats only Chinese characters as complete); Hangul runs without spaces then arrived
+    as one chunk at the end. Here everything decoded is sent except a trailing incomplete
+    character (U+FFFD while a byte-level token has not finished it)."""
 
     def __init__(self, tokenizer, send):
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.send = send  # not `put`: that is the streamer's own method, which generate calls
+
+    def put(self, value):
+        if self.skip_prompt and self.next_tokens_are_prompt:
+            self.next_tokens_are_prompt = False
+            return
+        self.token_cache.extend(value.reshape(-1).tolist())  # one sequence: the server generates per request
+        text = str(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))  # one sequence: one str
+        complete = len(text.rstrip("\ufffd"))
+        if complete > self.print_len:
+            self.on_finalized_text(text[self.print_len : complete])
+            self.print_len = complete
+        if text.endswith("\n"):  # as TextStreamer: a line is done; keep one token as decoding context
+            self.token_cache = self.token_cache[-1:]
+            self.print_len = len(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))
 
     def on_finalized_text(self, text: str, stream_end: bool = False):
         if text:
