@@ -98,7 +98,7 @@ def test_greedy_collapse_is_the_brute_force_greedy(threshold):
     from mna_tune.data.similarity import distinct_items, greedy_keepers
 
     texts = questions(500, seed=3) + questions(100, seed=3)  # dense near-duplicates and exact repeats
-    keeper, _, stats, cut = greedy_keepers(distinct_items(texts), threshold, processes=2)  # two search threads
+    keeper, _, stats, cut = greedy_keepers(distinct_items(texts), threshold, threads=2)  # two search threads
     assert stats.exact and cut == 0
     assert keeper.tolist() == brute_force_greedy(texts, threshold)
 

@@ -223,7 +223,7 @@ def _merge(
     if threshold is not None:
         items = builder.finish()
         release_memory()
-        keeper, similarity, stats, cut = greedy_keepers(items, threshold, processes=processes)
+        keeper, similarity, stats, cut = greedy_keepers(items, threshold, threads=processes)
         search = {**stats.as_metrics(), "neighbour_lists_cut": cut}
         del items
         release_memory()

@@ -366,7 +366,7 @@ class SearchStats:
 
 @dataclass
 class _Plan:
-    """Everything the block workers read (inherited by fork, never copied)."""
+    """Everything the search threads read (shared by reference, never copied)."""
 
     threshold: float
     sizes: np.ndarray  # item sizes
@@ -683,7 +683,7 @@ def compared_pairs(
     items: Items,
     threshold: float,
     budget: int | None = None,
-    processes: int = 1,
+    threads: int = 1,
     stats: SearchStats | None = None,
     keep_all: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
@@ -700,9 +700,9 @@ def compared_pairs(
     plan = _plan(items, threshold, budget, stats)
     plan.keep_all = keep_all
     plan.matrix = items.matrix()
-    _PLAN[:] = [plan]  # forked workers see it without copying
+    _PLAN[:] = [plan]  # the search threads read it
     try:
-        for left, right, similarity, near, candidates in _threaded_map(_search_block, _blocks(plan.work), processes):
+        for left, right, similarity, near, candidates in _threaded_map(_search_block, _blocks(plan.work), threads):
             stats.candidate_pairs += candidates
             yield left, right, similarity, near
     finally:
@@ -769,7 +769,7 @@ def _adjacency(
 
 
 def greedy_keepers(
-    items: Items, threshold: float, budget: int | None = None, processes: int = 1, neighbours: int = 8
+    items: Items, threshold: float, budget: int | None = None, threads: int = 1, neighbours: int = 8
 ) -> tuple[np.ndarray, np.ndarray, SearchStats, int]:
     """Greedy near-duplicate collapse over the texts in order: a text goes when its item is at
     least `threshold` similar to a kept text's item (identical items: 1.0), to the most similar
@@ -782,7 +782,7 @@ def greedy_keepers(
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     held = 0
     best = earliest = None
-    for left, right, similarity, _ in compared_pairs(items, threshold, budget, processes, stats):
+    for left, right, similarity, _ in compared_pairs(items, threshold, budget, threads, stats):
         found.append(
             (
                 np.concatenate([left, right]).astype(np.int64),
@@ -864,7 +864,7 @@ def near_groups(
     items: Items,
     threshold: float,
     budget: int | None = None,
-    processes: int = 1,
+    threads: int = 1,
     partners: BestNeighbours | None = None,
 ) -> tuple[np.ndarray, int, SearchStats]:
     """Connected groups of items at least `threshold` similar (directly or through a chain).
@@ -891,7 +891,7 @@ def near_groups(
         pending_left, pending_right, pending = [], [], 0
 
     for left, right, similarity, near in compared_pairs(
-        items, threshold, budget, processes, stats, keep_all=partners is not None
+        items, threshold, budget, threads, stats, keep_all=partners is not None
     ):
         if partners is not None:
             far = ~near

@@ -187,7 +187,7 @@ def run_split(params: SplitParams, merged: Path, paths: SplitPaths, processes: i
     costly = float(everywhere @ everywhere) / 4 > NEAREST_WORK or len(items.indices) > NEAREST_ENTRIES
     partners = BestNeighbours(items.count, PARTNERS) if costly else None
     release_memory()
-    labels, near_pairs, search = near_groups(items, params.leakage_threshold, processes=processes, partners=partners)
+    labels, near_pairs, search = near_groups(items, params.leakage_threshold, threads=processes, partners=partners)
     label_of_row = labels[items.item_of_row]
     smallest = np.full(items.count, np.iinfo(np.uint64).max, np.uint64)
     np.minimum.at(smallest, label_of_row, own_keys)
