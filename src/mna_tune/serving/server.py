@@ -418,10 +418,9 @@ class SeededSampler(LogitsProcessor):
 
 class QueueStreamer(TextStreamer):
     """Hands decoded text to the event loop (generation runs in a worker thread), token by
-    token. transformers' TextStreamer waits for a space before it sends Latin-script words
-    (and treats only Chinese characters as complete); Hangul runs without spaces then arrived
-    as one chunk at the end. Here everything decoded is sent except a trailing incomplete
-    character (U+FFFD while a byte-level token has not finished it)."""
+    token. transformers' TextStreamer holds everything after a symbol until the next space, so
+    `합병은,두회사가…` arrived as one chunk at the end. Here everything decoded is sent except a
+    trailing incomplete character (U+FFFD while a byte-level token has not finished it)."""
 
     def __init__(self, tokenizer, send):
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
