@@ -222,7 +222,7 @@ def test_templated_questions_stay_within_the_pair_budget(tmp_path, monkeypatch):
         )
         for i in range(30_000)
     ]
-    monkeypatch.setattr(similarity, "PAIR_BUDGET", 300_000)
+    monkeypatch.setattr(similarity.search, "PAIR_BUDGET", 300_000)
     metrics, merged, _ = run(tmp_path, [{"question": "PMI란?", "answer": "통합입니다.", "source": "s"}], rows)
     search = metrics["near_duplicate_search"]
     assert search["exact"] is False and search["candidate_pairs"] <= 300_000

@@ -69,7 +69,7 @@ def test_identical_question_sets_fold_into_one_item_across_batches(monkeypatch):
 
     texts = questions(300, seed=4) * 2 + ["합병 인수은 무엇인가요?", "인수 합병은 무엇인가요?"]
     whole = similarity.distinct_items(texts)
-    monkeypatch.setattr(similarity, "VECTOR_CHUNK", 7)
+    monkeypatch.setattr(similarity.items, "VECTOR_CHUNK", 7)
     batched = similarity.distinct_items(texts, processes=2)
     assert batched.item_of_row.tolist() == whole.item_of_row.tolist()
     assert batched.indices.tolist() == whole.indices.tolist() and batched.first_row.tolist() == whole.first_row.tolist()
@@ -121,10 +121,8 @@ def test_bounded_search_compares_at_most_its_budget_and_finds_only_true_pairs():
     found = [block for block in similarity.compared_pairs(items, threshold, budget, 1, stats)]
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    old = sum(
-        s * (s - 1) // 2
-        for s in np.diff(similarity._plan(items, threshold, 10**18, similarity.SearchStats()).list_start).tolist()
-    )
+    unbounded = similarity.search._plan(items, threshold, 10**18, similarity.SearchStats())
+    old = sum(s * (s - 1) // 2 for s in np.diff(unbounded.list_start).tolist())
     assert old > 100_000_000 and stats.skipped_pairs > 0.9 * old - budget and not stats.exact
     assert stats.candidate_pairs <= budget and peak < 150 * 2**20
     left = np.concatenate([b[0] for b in found])
@@ -141,7 +139,7 @@ def test_cut_neighbour_lists_never_collapse_a_row_wrongly(monkeypatch):
     from mna_tune.data import similarity
 
     texts = questions(600, seed=5)
-    monkeypatch.setattr(similarity, "NEAR_PAIRS", 100)  # keep only the best and earliest few per item
+    monkeypatch.setattr(similarity.keep, "NEAR_PAIRS", 100)  # keep only the best and earliest few per item
     keeper, value, stats, cut = similarity.greedy_keepers(similarity.distinct_items(texts), 0.5, neighbours=2)
     assert cut > 0
     truth = {(i, j): v for i, j, v in brute_force(texts, 0.5)}

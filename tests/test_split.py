@@ -163,7 +163,7 @@ def test_templated_questions_are_split_within_the_budgets(tmp_path, monkeypatch)
         }
         for i, q in enumerate(questions)
     ]
-    monkeypatch.setattr(similarity, "PAIR_BUDGET", 100_000)
+    monkeypatch.setattr(similarity.search, "PAIR_BUDGET", 100_000)
     monkeypatch.setattr(split, "NEAREST_WORK", 1_000)
     metrics, splits = run(tmp_path, data, leakage_threshold=0.95)
     leakage = metrics["leakage"]

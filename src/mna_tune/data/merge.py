@@ -6,7 +6,7 @@ whitespace). Rows whose question or answer carries a chat-format marker (`<|im_e
 into control tokens (docs/data.md says why they are dropped, not cleaned). Exact duplicates
 (same question and answer after normalisation) are removed within and across sources; then
 rows whose questions are near-duplicates (similarity at least merge.near_dup_threshold, see
-similarity.py) are collapsed to the first of them. The M&A file comes first, so a curated
+the similarity package) are collapsed to the first of them. The M&A file comes first, so a curated
 pair wins over its AI Hub twin. Every removed row is listed: dropped rows and exact duplicates
 in the duplicates file with the reason, near-duplicates with the row they duplicate and the
 similarity.

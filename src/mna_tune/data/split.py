@@ -1,6 +1,6 @@
 """split stage: deterministic, stable under additions, leak-free on near-twin questions.
 
-Questions at least split.leakage_threshold similar (similarity.py) form groups, and a
+Questions at least split.leakage_threshold similar (the similarity package) form groups, and a
 group's split is a function of `split.seed` and the smallest question key in the group:
 near-twins always land together, and a row without twins is placed by its own question,
 so adding or editing other rows never moves it. The leakage report lists, for each val and
