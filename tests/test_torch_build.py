@@ -76,6 +76,10 @@ def test_the_driver_version_is_read_from_nvidia_smi(tmp_path, monkeypatch):
     smi.write_text("#!/bin/sh\necho '| NVIDIA-SMI 580.65.06   Driver Version: 580.65.06   CUDA Version: 13.0 |'\n")
     smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
     assert torch_build.driver_cuda_version() == (13, 0)
+    # there, but saying nothing usable (a broken driver): refused, never taken for "no GPU"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the driver'\n")
+    with pytest.raises(Refused, match="printed no 'CUDA Version: X.Y'; set TORCH_BUILD"):
+        torch_build.driver_cuda_version()
 
 
 def test_a_wrong_torch_build_stops_make_setup_with_one_line():

@@ -99,16 +99,20 @@ def dotted(version: tuple[int, int]) -> str:
 
 
 def driver_cuda_version() -> tuple[int, int] | None:
-    """The CUDA version the NVIDIA driver supports, from nvidia-smi's header; None without a driver."""
+    """The CUDA version the NVIDIA driver supports, from nvidia-smi's header; None without
+    nvidia-smi. One that is there but says nothing usable is refused rather than taken for
+    "no GPU": a GPU machine must not get the CPU build silently."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return None
     try:
         out = subprocess.run([smi], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Refused(f"{smi} did not answer ({exc}); set TORCH_BUILD=cpu or TORCH_BUILD=cuda") from None
     match = re.search(r"CUDA Version:\s*(\d+)\.(\d+)", out)
-    return (int(match.group(1)), int(match.group(2))) if match else None
+    if match is None:
+        raise Refused(f"{smi} printed no 'CUDA Version: X.Y'; set TORCH_BUILD=cpu or TORCH_BUILD=cuda")
+    return int(match.group(1)), int(match.group(2))
 
 
 def pip_command(build: TorchBuild) -> list[str]:
@@ -137,12 +141,13 @@ def main(argv: list[str]) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     engine = bool(argv)
+    forced = os.environ.get("TORCH_BUILD", "").strip().lower()
     try:
         build = select_build(
             platform.system(),
             platform.machine(),
-            driver_cuda_version(),
-            os.environ.get("TORCH_BUILD", "").strip(),
+            None if forced else driver_cuda_version(),  # a forced build needs no driver
+            forced,
             pinned("torch", ROOT / "requirements.lock"),
         )
     except Refused as refusal:
