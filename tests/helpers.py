@@ -249,3 +249,11 @@ class FakeJudge(FakeChatEndpoint):
         kind = body["response_format"]["json_schema"]["name"].removesuffix("_verdict")
         content = self.policy(kind, fields_of(kind, body["messages"][-1]["content"]))
         return content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+
+
+def readme_command(prefix: str) -> list[str]:
+    """The README's first command line starting with `prefix`, without its comment."""
+    import shlex
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    return next(shlex.split(line.split("  #")[0]) for line in readme if line.startswith(prefix))

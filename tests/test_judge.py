@@ -456,7 +456,7 @@ def test_evaluate_with_the_judge_writes_its_figures_and_one_trace_per_row(worksp
     judge = metrics["judge"]
     assert judge["win_rate"] == verdicts.count("win") / 2 and judge["loss_rate"] == verdicts.count("loss") / 2
     assert judge["tie_rate"] == verdicts.count("tie") / 2 and judge["rows"] == 2
-    assert metrics["adapter"]["judge_win_rate"] == judge["win_rate"]
+    assert metrics["judge_win_rate"] == judge["win_rate"]
     assert metrics["base"]["judge_win_rate"] == judge["loss_rate"]
     assert json.loads((workspace / "metrics/eval.json").read_text()) == metrics
     details = json.loads((workspace / "reports/eval.json").read_text())

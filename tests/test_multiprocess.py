@@ -30,7 +30,7 @@ def test_two_cpu_processes_train_one_adapter(tmp_path):
     assert "train: 2 processes" in log
 
     metrics = json.loads((tmp_path / "metrics/train.json").read_text())
-    assert metrics["steps"] == 2 and metrics["train_loss"] > 0
+    assert metrics["steps"] == 2
     PeftModel.from_pretrained(load_base_model(tiny_params().model), str(tmp_path / "models/adapter"))
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -38,6 +38,7 @@ def test_two_cpu_processes_train_one_adapter(tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1  # rank 1 trained but logged nothing
     assert runs[0].data.metrics["processes"] == 2 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.metrics["train_loss"] > 0
     assert not list(tmp_path.glob(".cache/checkpoints/*"))
 
 

@@ -330,14 +330,24 @@ def log_outputs(
 def headline(result: Evaluation, engine: str, splits) -> dict:
     """The DVC metrics: the figures `dvc exp show` compares, nothing that changes from run to
     run with the same params and data, nothing that names a particular MLflow store, nothing
-    that depends on the registry (the gate's decision is in the report and on the version)."""
+    that depends on the registry (the gate's decision is in the report and on the version).
+    The adapter's figures sit at the top level: their columns are then `rougeL_f1`, not
+    `adapter.rougeL_f1`, so a comparison of two variants fits 120 columns (docs/experiments.md);
+    the base model's and the difference are nested under `base` and `delta`."""
     rows = {name: sum(1 for _ in read_jsonl(getattr(splits, name))) for name in ("train", "val", "test")}
-    figures = {
-        name: {key: result.overall[name][key] for key in HEADLINE if key in result.overall[name]}
+    adapter, base, delta = (
+        {key: result.overall[name][key] for key in HEADLINE if key in result.overall[name]}
         for name in ("adapter", "base", "delta")
-    }
+    )
     judge = {key: value for key, value in result.overall.get("judge", {}).items() if isinstance(value, (int, float))}
-    return {**figures, **({"judge": judge} if judge else {}), "engine": engine, "rows": rows}
+    return {
+        **adapter,
+        "base": base,
+        "delta": delta,
+        **({"judge": judge} if judge else {}),
+        "engine": engine,
+        "rows": rows,
+    }
 
 
 def run_evaluate(params: Params, check_inputs=lambda: None) -> dict:

@@ -140,13 +140,15 @@ def train_metrics(trainer, result, rows: dict, seconds: float) -> tuple[dict, di
     history = trainer.state.log_history
     losses = [entry["loss"] for entry in history if "loss" in entry]
     evals = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
+    # The mean training loss is MLflow's only: it averages over the whole schedule, so runs of
+    # different lengths or warm-ups are not comparable by it; validation loss is.
     headline = {
-        "train_loss": round(float(result.training_loss), 6),
         "val_loss": round(float(evals[-1]), 6) if evals else None,
         "steps": int(result.global_step),
     }
     everything = {
         **headline,
+        "train_loss": round(float(result.training_loss), 6),
         "final_step_loss": round(float(losses[-1]), 6) if losses else None,
         "processes": int(trainer.args.world_size),  # what the Trainer really ran with
         **rows,
@@ -166,8 +168,8 @@ def write_loss_plot(trainer, path: Path) -> None:
 
 
 def run_train(params: Params, check_inputs=lambda: None) -> dict | None:
-    """Train and write the stage's outputs; returns the DVC metrics (None on ranks other
-    than 0). `check_inputs` raises when params or inputs changed during training."""
+    """Train and write the stage's outputs; returns every figure it measured (the DVC metrics
+    and MLflow's; None on ranks other than 0). `check_inputs` raises when params or inputs changed during training."""
     from transformers import set_seed
 
     from ..modeling import check_device_support, load_base_model, load_tokenizer
@@ -274,10 +276,10 @@ def _train_and_save(
     tracker.log_metrics(run_id, {k: v for k, v in everything.items() if v is not None})
     tracker.log_artifacts(run_id, paths.adapter, "adapter")
     print(
-        f"train: {metrics['steps']} steps on {everything['processes']} process(es), loss {metrics['train_loss']}, "
+        f"train: {metrics['steps']} steps on {everything['processes']} process(es), loss {everything['train_loss']}, "
         f"val loss {metrics['val_loss']}, {seconds:.1f}s; adapter in {paths.adapter}; MLflow run {run_id}"
     )
-    return metrics
+    return everything
 
 
 def main(params: Params, args) -> None:
