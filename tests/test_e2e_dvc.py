@@ -171,8 +171,9 @@ def test_full_repro_produces_every_output(base):
     assert all(filtered["dropped"][reason] > 0 for reason in ("excluded_category", "echo", "below_min_score"))
     assert json.loads((clone / "reports/merge.json").read_text())["exact_duplicates_removed"] > 0
     evaluation = json.loads((clone / "metrics/eval.json").read_text())
-    for name in ("adapter", "base", "delta"):
-        assert set(evaluation[name]) == {"eval_loss", "rougeL_f1", "chrf", "korean_only_share"}
+    headline = {"eval_loss", "rougeL_f1", "chrf", "korean_only_share"}  # the adapter's, at the top level
+    assert set(evaluation) == headline | {"base", "delta", "engine", "rows"}
+    assert set(evaluation["base"]) == set(evaluation["delta"]) == headline
     assert "model_version" not in evaluation and len(versions(clone)) == 1  # nothing store-specific in git
     details = json.loads((clone / "reports/eval.json").read_text())
     assert details["base_from_cache"] is False and "domain_term_recall" in details["overall"]["adapter"]
