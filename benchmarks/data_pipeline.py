@@ -159,7 +159,7 @@ def prepare_workspace(root: Path, workspace: Path, min_score: float | None = Non
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--data", type=Path, help="download folder (default: a cached synthetic one in /tmp)")
     parser.add_argument(

@@ -52,3 +52,16 @@ def test_every_params_key_is_documented():
         if not any(f"`{key}`" in cell or (f"`{section}." in cell and f"`{leaf}`" in cell) for cell in first_cells):
             undocumented.append(key)
     assert undocumented == [], "docs/params.md: add a row for these params.yaml keys"
+
+
+@pytest.mark.parametrize("script", sorted((REPO / "benchmarks").glob("*.py")), ids=lambda p: p.name)
+def test_benchmark_help_shows_how_to_run_it(script):
+    """`--help` prints the module's docstring whole (what it measures and the commands), not a
+    first line cut mid-sentence."""
+    import ast
+    import subprocess
+    import sys
+
+    doc = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8")))
+    shown = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=True).stdout
+    assert doc.split("\n\n")[0] in shown and "    .venv/bin/python benchmarks/" in shown
