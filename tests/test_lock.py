@@ -5,22 +5,19 @@ that changes a stage's code or params without `dvc repro` does."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import subprocess
 
 import yaml
 
 from helpers import REPO
+from mna_tune.workspace import _lookup as lookup  # the stage guard's own reading of a dotted params key
 
 
+@functools.cache  # stages share most of their code files
 def committed(path: str) -> bytes:
     return subprocess.run(["git", "show", f"HEAD:{path}"], cwd=REPO, capture_output=True, check=True).stdout
-
-
-def lookup(tree: dict, dotted: str):
-    for key in dotted.split("."):
-        tree = tree[key]
-    return tree
 
 
 def stale_entries(lock: dict, params: dict, read) -> list[str]:
