@@ -257,3 +257,67 @@ def readme_command(prefix: str) -> list[str]:
 
     readme = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
     return next(shlex.split(line.split("  #")[0]) for line in readme if line.startswith(prefix))
+
+
+# ---------------------------------------------------------------- one table of bad requests
+
+ASKED = "합병이란 무엇인가요?"
+
+
+def _chat(**fields) -> bytes:
+    return json.dumps({"messages": [{"role": "user", "content": ASKED}], "max_tokens": 6, **fields}).encode()
+
+
+def _messages(*messages) -> bytes:
+    return json.dumps({"messages": list(messages)}).encode()
+
+
+# (raw body, the `param` the 400 names, label): every server the project ships refuses each
+# with 400 in OpenAI's error shape (tests/test_server.py in-process, tests/test_engine_server.py
+# against `serve` and `serve --engine vllm` side by side).
+BAD_REQUEST_CASES = [
+    (_messages({"role": "hacker", "content": "x"}), "messages[0].role", "unknown role"),
+    (_messages(), "messages", "no messages"),
+    (_messages({"role": "system", "content": "x"}), "messages", "system only"),
+    (_messages({"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}), "messages", "assistant last"),
+    (_messages({"role": "tool", "content": "q"}), "messages[0].role", "tool role"),
+    (_messages({"role": "user", "content": "q", "name": "bob"}), "messages[0].name", "message name"),
+    (json.dumps({"max_tokens": 5}).encode(), "messages", "messages missing"),
+    (_chat(max_tokens=-5), "max_tokens", "negative max_tokens"),
+    (_chat(max_tokens=0), "max_tokens", "zero max_tokens"),
+    (_chat(max_tokens=1_000_000_000), "max_tokens", "max_tokens over the cap"),
+    (_chat(max_tokens=None, max_completion_tokens=100_000), "max_completion_tokens", "max_completion over cap"),
+    (_chat(max_completion_tokens=7), "max_tokens", "two different limits"),
+    (_chat(n=5), "n", "n"),
+    (_chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools", "tools"),
+    (_chat(logprobs=True), "logprobs", "logprobs"),
+    (_chat(presence_penalty=0.5), "presence_penalty", "presence_penalty"),
+    (_chat(response_format={"type": "json_object"}), "response_format", "response_format"),
+    (_chat(frobnicate=1), "frobnicate", "unknown field"),
+    (_chat(repetition_penalty=1.5), "repetition_penalty", "vLLM's own field"),
+    (_chat(temperature=3), "temperature", "temperature too high"),
+    (_chat(top_p=0), "top_p", "top_p zero"),
+    (_chat(stop=["a", "b", "c", "d", "e"]), "stop", "five stops"),
+    (_chat(stop=5), "stop", "stop a number"),
+    (_chat(stream_options={"include_usage": True}), "stream_options", "stream_options without stream"),
+    (_chat(chat_template_kwargs={"foo": 1}), "chat_template_kwargs.foo", "chat_template_kwargs.foo"),
+    (_chat(max_tokens="10"), "max_tokens", "max_tokens a string"),
+    (_chat(max_tokens=True), "max_tokens", "max_tokens true"),
+    (_chat(temperature="0.5"), "temperature", "temperature a string"),
+    (_chat(top_p="0.5"), "top_p", "top_p a string"),
+    (_chat(seed="1"), "seed", "seed a string"),
+    (_chat(stream="true"), "stream", "stream a string"),
+    (
+        _messages({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}),
+        "messages[0].content[0]",
+        "image part",
+    ),
+    (_messages({"role": "user", "content": []}), "messages[0].content", "no parts"),
+    (_messages({"role": "user", "content": [{"type": "text", "text": ""}]}), "messages[0].content", "empty text part"),
+    (b'{"messages": [{"role": "user", "content": "\\ud800x"}]}', "messages[0].content", "lone surrogate"),
+    (_messages({"role": "user", "content": ""}), "messages[0].content", "empty question"),
+    (_messages({"role": "user", "content": "   "}), "messages[0].content", "blank question"),
+    (_messages({"role": "user", "content": "\u200b\u200b"}), "messages[0].content", "zero-width question"),
+    (b"[" * 1500 + b"]" * 1500, None, "JSON nested 1,500 deep"),
+    (b"{not json", None, "not JSON"),
+]

@@ -107,8 +107,15 @@ def test_manual_promote_and_rollback(registry):
     assert tags["promotion.manual"].startswith("by ") and tags["promotion.manual"].endswith(": 법무 검토 승인")
     with pytest.raises(ValueError, match="--reason is required"):
         promote(registry, v1, "  ", "cli")
+    with pytest.raises(ValueError, match="--reason is required"):
+        rollback(registry, " ")
     assert rollback(registry, "v2 regressed") == (v2, v1)
     assert champion(registry) == v1 and registry.version(v2).tags["gate.decision"].endswith("v2 regressed")
+    # the record keeps every step, oldest first: the gate's refusal is not lost to the promotion
+    record = [line for _, line in registry.records(v2)]
+    assert [line.split(": ", 1)[1].split(" ")[0] for line in record] == ["gate", "promoted", "rolled"], record
+    assert "refused" in record[0] and "법무 검토 승인" in record[1] and "v2 regressed" in record[2]
+    assert [line for _, line in registry.records(v1)][-1].endswith("champion again (rollback from v2): v2 regressed")
 
 
 def test_unknown_version_is_one_line(registry):

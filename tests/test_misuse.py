@@ -77,7 +77,7 @@ def test_an_mna_path_that_is_a_device_is_one_line_not_an_endless_read(capsys, tm
         read_mna(tmp_path / "mna_qa.json")
 
 
-@pytest.mark.parametrize("question", ["", "   ", "\n"])
+@pytest.mark.parametrize("question", ["", "   ", "\n", "\u200b\u200b", "\ufeff \u3164"])
 def test_an_empty_question_is_refused(capsys, question):
     code, err = run(capsys, "ask", question)
     assert code == 1 and "the question is empty" in err
@@ -98,3 +98,31 @@ def test_a_busy_port_is_one_line_before_anything_loads(capsys):
         port = taken.getsockname()[1]
         code, err = run(capsys, "serve", "--port", str(port))
     assert code == 1 and f"cannot serve on 127.0.0.1:{port}: Address already in use" in err
+
+
+def test_params_that_are_a_device_are_one_line_not_an_endless_read(capsys, tmp_path):
+    os.symlink("/dev/zero", tmp_path / "params.yaml")
+    for argv in (["--params", "/dev/zero", "extract"], ["--params", str(tmp_path / "params.yaml"), "audit", "1"]):
+        code, err = run(capsys, *argv)
+        assert code == 1 and "is not a regular file" in err, argv
+
+
+def test_audit_data_that_is_a_device_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    repository_params(tmp_path)
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "folder" / "pipe.json")
+    for path in ("/dev/zero", "folder"):
+        code, err = run(capsys, "audit", "--data", path)
+        assert code == 1 and "not a regular file or folder" in err, path
+
+
+def test_a_pipe_in_the_aihub_folder_is_named_not_read(tmp_path):
+    from mna_tune.data.aihub_layout import iter_units
+    from mna_tune.errors import InputError
+
+    (tmp_path / "Other").mkdir()
+    os.mkfifo(tmp_path / "Other" / "stuck.json")
+    os.symlink("/dev/zero", tmp_path / "Other" / "zero.json")
+    found = list(iter_units(tmp_path, []))
+    assert all(isinstance(item, InputError) and "not a regular file" in str(item) for item in found) and len(found) == 2

@@ -24,13 +24,17 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from helpers import REPO, free_port, tiny_params, wait_until
+from helpers import BAD_REQUEST_CASES, REPO, free_port, tiny_params, wait_until
 from mna_tune.chat import SYSTEM_PROMPT, build_messages, prompt_ids, render_prompt
-from mna_tune.serving.server import Limits, Reply, create_app, warn_if_exposed
+from mna_tune.serving.app import Limits, Served, create_app
+from mna_tune.serving.jobs import LocalModel
+from mna_tune.serving.protocol import Reply
+from mna_tune.serving.server import warn_if_exposed
 
 EOS, IM_START = 151645, 151644
 QUESTION = "합병이란 무엇인가요?"
 NAME = "tiny/1"
+BAD_REQUESTS = [(body, param) for body, param, _ in BAD_REQUEST_CASES]
 HTTP_TIMEOUT = 30  # seconds, for every HTTP call
 
 
@@ -80,9 +84,13 @@ def client(chat_model):
     from fastapi.testclient import TestClient
 
     # in-process calls take no HTTP timeout: the request time limit bounds them
-    app = create_app(chat_model, NAME, Limits(max_tokens_cap=64, request_timeout_s=HTTP_TIMEOUT))
+    app = make_app(chat_model, Limits(max_tokens_cap=64, request_timeout_s=HTTP_TIMEOUT))
     with TestClient(app) as test_client:
         yield test_client
+
+
+def make_app(chat_model, limits: Limits):
+    return create_app(LocalModel(chat_model), Served({}, {NAME: chat_model.settings}), limits)
 
 
 def ask_body(**fields) -> dict:
@@ -98,52 +106,11 @@ def error_of(response, status: int) -> dict:
 
 # ---------------------------------------------------------------- validation (no generation)
 
-REFUSED = [
-    ({"messages": [{"role": "hacker", "content": "x"}]}, "messages[0].role"),
-    ({"messages": []}, "messages"),
-    ({"messages": [{"role": "system", "content": "x"}]}, "messages"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, "messages"),
-    (ask_body(max_tokens=-5), "max_tokens"),
-    (ask_body(max_tokens=0), "max_tokens"),
-    (ask_body(max_tokens=1_000_000_000), "max_tokens"),
-    (ask_body(max_tokens=None, max_completion_tokens=65), "max_completion_tokens"),
-    (ask_body(max_completion_tokens=7), "max_tokens"),  # two different limits
-    (ask_body(n=2), "n"),
-    (ask_body(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
-    (ask_body(logprobs=True), "logprobs"),
-    (ask_body(presence_penalty=0.5), "presence_penalty"),
-    (ask_body(response_format={"type": "json_object"}), "response_format"),
-    (ask_body(frobnicate=1), "frobnicate"),
-    (ask_body(temperature=3), "temperature"),
-    (ask_body(top_p=0), "top_p"),
-    (ask_body(stop=["a", "b", "c", "d", "e"]), "stop"),
-    (ask_body(stop=5), "stop"),
-    (ask_body(stream_options={"include_usage": True}), "stream_options"),
-    (ask_body(chat_template_kwargs={"tools": []}), "chat_template_kwargs.tools"),
-    (
-        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
-        "messages[0].content[0]",
-    ),
-    ({"messages": [{"role": "user", "content": "q", "name": "bob"}]}, "messages[0].name"),
-    ({"messages": [{"role": "tool", "content": "q"}]}, "messages[0].role"),
-    ({"max_tokens": 5}, "messages"),
-    # a hostile round's findings (the request guard and the checks behind it)
-    (ask_body(max_tokens="10"), "max_tokens"),  # coerced to 10 before
-    (ask_body(max_tokens=True), "max_tokens"),  # taken as 1 token before
-    (b'{"messages": [{"role": "user", "content": "\\ud800x"}]}', "messages[0].content"),  # a lone surrogate: was a 500
-    ({"messages": [{"role": "user", "content": ""}]}, "messages[0].content"),  # was answered
-    ({"messages": [{"role": "user", "content": "   "}]}, "messages[0].content"),
-]
 
-
-@pytest.mark.parametrize(("body", "param"), REFUSED, ids=[param for _, param in REFUSED])
+@pytest.mark.parametrize(("body", "param"), BAD_REQUESTS, ids=[label for *_, label in BAD_REQUEST_CASES])
 def test_bad_requests_get_400_in_openai_shape_naming_the_field(client, body, param):
-    sent = (
-        {"content": body, "headers": {"content-type": "application/json"}}
-        if isinstance(body, bytes)
-        else {"json": body}
-    )
-    error = error_of(client.post("/v1/chat/completions", **sent), 400)
+    response = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    error = error_of(response, 400)
     assert error["param"] == param and error["type"] == "invalid_request_error"
 
 
@@ -253,7 +220,7 @@ def test_text_parts_developer_role_and_thinking(client):
 def test_api_key_is_required_and_compared(chat_model):
     from fastapi.testclient import TestClient
 
-    app = create_app(chat_model, NAME, Limits(api_key="s3cret-key", request_timeout_s=HTTP_TIMEOUT))
+    app = make_app(chat_model, Limits(api_key="s3cret-key", request_timeout_s=HTTP_TIMEOUT))
     with TestClient(app) as keyed:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
             response = keyed.get("/v1/models", headers=headers)
@@ -284,8 +251,15 @@ def test_cli_defaults_are_the_limits_defaults(monkeypatch):
     assert limits_of(parser().parse_args(["serve"])) == Limits()
     monkeypatch.setenv(API_KEY_ENV, "from-env")
     assert limits_of(parser().parse_args(["serve"])).api_key == "from-env"
-    with pytest.raises(ValueError):
-        limits_of(parser().parse_args(["serve", "--max-concurrency", "0"]))
+    for flag, value in (
+        ("--max-concurrency", "0"),
+        ("--max-body-bytes", "-1"),
+        ("--request-timeout", "nan"),
+        ("--poll-s", "-1"),
+        ("--max-tokens-cap", "1.5"),
+    ):
+        with pytest.raises(SystemExit):  # argparse names the flag and exits 2, before anything loads
+            parser().parse_args(["serve", flag, value])
 
 
 # ---------------------------------------------------------------- streamed text
@@ -317,7 +291,7 @@ def running(chat_model, limits: Limits):
     """The app under uvicorn in a thread; yields the /v1 base URL and the app."""
     import uvicorn
 
-    app = create_app(chat_model, NAME, limits)
+    app = make_app(chat_model, limits)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2)
@@ -471,9 +445,13 @@ def test_sigterm_stops_generation_and_the_process(adapter, tmp_path):
         f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r})\n"
         "from pathlib import Path\n"
         "from test_server import load_chat_model\n"
-        "from mna_tune.serving.server import Limits, serve\n"
-        f"serve(load_chat_model(Path({str(adapter)!r})), 'tiny/1', "
-        f"Limits(max_tokens_cap=4000, request_timeout_s=300), '127.0.0.1', {port})\n"
+        "from mna_tune.serving.app import Limits, Served\n"
+        "from mna_tune.serving.jobs import LocalModel\n"
+        "from mna_tune.serving.server import serve\n"
+        f"model = load_chat_model(Path({str(adapter)!r}))\n"
+        "served = Served({}, {'tiny/1': model.settings})\n"
+        f"serve(LocalModel(model), served, Limits(max_tokens_cap=4000, request_timeout_s=300), '127.0.0.1', {port}, "
+        "'tiny/1')\n"
     )
     log = tmp_path / "server.log"
     with log.open("wb") as out:
@@ -573,7 +551,7 @@ def test_streamed_text_arrives_token_by_token_even_without_spaces(qwen3_tokenize
     answer with no space after its comma arrived as one chunk at the end."""
     import torch
 
-    from mna_tune.serving.server import QueueStreamer
+    from mna_tune.serving.jobs import QueueStreamer
 
     text = "합병은,두회사가하나로합쳐지는것입니다.\n다음 줄: 🙂끝"
     ids = qwen3_tokenizer(text, add_special_tokens=False).input_ids
@@ -587,3 +565,70 @@ def test_streamed_text_arrives_token_by_token_even_without_spaces(qwen3_tokenize
     assert "".join(pieces) == text
     assert before_end >= len(ids) // 2 and all("\ufffd" not in piece for piece in pieces)
     assert len(pieces) == before_end  # nothing was held back for the end
+
+
+# ---------------------------------------------------------------- the contract's surface
+
+CLOSED_ROUTES = [
+    ("GET", "/docs"),
+    ("GET", "/openapi.json"),
+    ("GET", "/redoc"),
+    ("GET", "/metrics"),
+    ("GET", "/version"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/load_lora_adapter"),
+    ("POST", "/v1/unload_lora_adapter"),
+    ("POST", "/tokenize"),
+]
+
+
+def test_only_chat_models_and_health_are_reachable(client):
+    for method, path in CLOSED_ROUTES:
+        error_of(client.request(method, path, json={"lora_name": "x", "lora_path": "/etc"}), 404)
+    assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_with_a_key_every_route_needs_it(chat_model):
+    from fastapi.testclient import TestClient
+
+    with TestClient(make_app(chat_model, Limits(api_key="k-9", request_timeout_s=HTTP_TIMEOUT))) as keyed:
+        for method, path in [*CLOSED_ROUTES, ("GET", "/health"), ("GET", "/v1/models")]:
+            assert error_of(keyed.request(method, path), 401)["code"] == "invalid_api_key", path
+        assert keyed.get("/health", headers={"Authorization": "Bearer k-9"}).status_code == 200
+
+
+def test_stable_names_come_first_and_an_omitted_model_is_the_served_alias(chat_model):
+    from fastapi.testclient import TestClient
+
+    served = Served({"tiny@champion": NAME}, {NAME: chat_model.settings})
+    app = create_app(LocalModel(chat_model), served, Limits(max_tokens_cap=64, request_timeout_s=HTTP_TIMEOUT))
+    with TestClient(app) as test_client:
+        assert [m["id"] for m in test_client.get("/v1/models").json()["data"]] == ["tiny@champion", NAME]
+        for model in (None, "tiny@champion", NAME):
+            fields = {"model": model} if model else {}
+            assert test_client.post("/v1/chat/completions", json=ask_body(**fields)).json()["model"] == NAME
+        for other in ("tiny-base", "tiny@candidate", "tiny/2"):
+            error_of(test_client.post("/v1/chat/completions", json=ask_body(model=other)), 404)
+
+
+def test_omitted_decoding_is_the_versions_evaluated_decoding(chat_model):
+    """Greedy by default: two requests without temperature answer alike; a version evaluated
+    with sampling samples (its temperature, top_k and top_p), so seeds then tell answers apart."""
+    from dataclasses import replace
+
+    from fastapi.testclient import TestClient
+
+    limits = Limits(max_tokens_cap=64, request_timeout_s=HTTP_TIMEOUT)
+    with TestClient(make_app(chat_model, limits)) as greedy:
+        first, second = (greedy.post("/v1/chat/completions", json=ask_body(max_tokens=12)).json() for _ in range(2))
+        assert first["choices"][0]["message"] == second["choices"][0]["message"]
+    sampled = replace(chat_model.settings, do_sample=True, temperature=1.5, top_k=0, top_p=1.0)
+    app = create_app(LocalModel(chat_model), Served({}, {NAME: sampled}), limits)
+    with TestClient(app) as sampling:
+        answers = {
+            sampling.post("/v1/chat/completions", json=ask_body(max_tokens=12, seed=seed)).json()["choices"][0][
+                "message"
+            ]["content"]
+            for seed in range(4)
+        }
+        assert len(answers) > 1

@@ -42,6 +42,9 @@ def test_pyfunc_from_the_registry_answers_questions_and_messages(registered, wor
     local = Path(mlflow.artifacts.download_artifacts(model.metadata.get_model_info().model_uri))
     assert sum(f.stat().st_size for f in local.rglob("*") if f.is_file()) < 2_000_000
     assert json.loads(next(local.rglob("serving_config.json")).read_text())["base"] == "tiny-qwen3"
+    # `ask` refuses a question past the context, as the servers do (it was cut with a library warning)
+    with pytest.raises(ValueError, match="more than the model's context of 4096 tokens"):
+        ask(registered, "합병 " * 6000)
 
 
 def _call(url: str, body: dict | None = None, key: str | None = None) -> tuple[int, dict]:

@@ -10,6 +10,7 @@ the user turn. This module imports nothing heavy: the data stages use it too.
 from __future__ import annotations
 
 import json
+import unicodedata
 
 SYSTEM_PROMPT = "당신은 금융,법률 및 M&A 분야 전문가입니다.\n사용자 질문에 대해 반드시 한국어로만 답변하세요."
 
@@ -23,6 +24,17 @@ def build_messages(question: str, answer: str | None = None, system_prompt: str 
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})
     return messages
+
+
+# Characters that show nothing: Hangul fillers are letters to Unicode but blank to a reader.
+INVISIBLE = {"\u115f", "\u1160", "\u3164", "\uffa0"}
+
+
+def is_blank(text: str) -> bool:
+    """Whether a question shows nothing: whitespace, zero-width and format characters
+    (U+200B, U+2060, U+FEFF, ...) and Hangul fillers only. Every door that refuses an empty
+    question (the servers, `ask`) refuses these too."""
+    return all(c.isspace() or c in INVISIBLE or unicodedata.category(c) == "Cf" for c in text)
 
 
 def question_of(messages: list[dict]) -> str:

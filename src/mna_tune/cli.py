@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .params import load_params
@@ -51,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
         "--reason", required=True, help="why this version becomes champion (recorded beside the gate's decision)"
     )
     rollback = commands.add_parser("rollback", help="move the champion alias back to the previous champion")
-    rollback.add_argument("--reason", default="no reason given")
+    rollback.add_argument("--reason", required=True, help="why the champion goes back (recorded on the version)")
     audit = commands.add_parser("audit", help="which code, params and data made a version (or used a file)")
     audit.add_argument("version", nargs="?", help="a version number or @alias, e.g. 7 or @champion")
     audit.add_argument("--data", help="list the versions trained on exactly this file's or folder's content")
@@ -71,35 +73,72 @@ def parser() -> argparse.ArgumentParser:
         "--engine",
         choices=["transformers", "vllm"],
         default="transformers",
-        help="transformers: this process generates; vllm: vLLM's server (.venv-engine) with the adapter as a "
-        "LoRA module, swapped in place when the alias moves",
+        help="transformers: this process generates; vllm: the vLLM engine (.venv-engine) generates behind the "
+        "same server, with the adapter as a LoRA module swapped in when the alias moves",
     )
-    serve.add_argument("--max-model-len", type=int, default=4096, help="vllm: prompt + answer tokens per request")
+    serve.add_argument(
+        "--max-model-len", type=positive_int, default=4096, help="vllm: prompt + answer tokens per request"
+    )
+    serve.add_argument(
+        "--max-lora-rank",
+        type=positive_int,
+        default=None,
+        help="vllm: the largest LoRA rank a promoted version may have, one of vLLM's (8, 16, 32, 64, ...; "
+        "default: the served version's, rounded up)",
+    )
     serve.add_argument(
         "--max-body-bytes",
-        type=int,
+        type=positive_int,
         default=None,
-        help="largest request body; larger ones get 413 unread (default 1 MiB; vllm: 32 bytes per context token)",
+        help="largest request body; larger ones get 413 unread (default 1 MiB)",
     )
     serve.add_argument(
-        "--poll-s", type=float, default=5.0, help="vllm: how often the alias is checked for a new version"
+        "--poll-s", type=positive_float, default=5.0, help="vllm: how often the alias is checked for a new version"
     )
-    # the defaults are serving.server.Limits' (tests/test_server.py checks they agree)
-    serve.add_argument("--max-tokens-cap", type=int, default=2048, help="most tokens one request may ask for")
-    serve.add_argument("--request-timeout", type=float, default=120.0, help="seconds one generation may run")
-    serve.add_argument("--max-concurrency", type=int, default=1, help="generations at once; more get 429")
+    # the defaults are serving.app.Limits' (tests/test_server.py checks they agree)
+    serve.add_argument("--max-tokens-cap", type=positive_int, default=2048, help="most tokens one request may ask for")
+    serve.add_argument("--request-timeout", type=positive_float, default=120.0, help="seconds one generation may run")
+    serve.add_argument("--max-concurrency", type=positive_int, default=1, help="generations at once; more get 429")
     serve.add_argument(
         "--api-key",
         default=None,
-        help="require 'Authorization: Bearer <key>' (better: set MNA_TUNE_API_KEY, which `ps` does not show)",
+        help="require 'Authorization: Bearer <key>' on every route (better: set MNA_TUNE_API_KEY, which `ps` "
+        "does not show)",
     )
     return root
+
+
+def positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
 
 
 def port_number(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
     return int(text)
+
+
+def quiet_library_warnings() -> None:
+    """Warnings from libraries that a user of this project cannot act on, filtered by their
+    exact text (anything else still shows):
+    - transformers 5.x renamed `gradient_checkpointing` to `activation_checkpointing`; TRL's
+      SFTConfig still sets and reads the old name (train.gradient_checkpointing is ours);
+    - MLflow asks for type hints on `predict`: the pyfunc model takes a DataFrame, a list of
+      questions or chat messages on purpose, which one type hint would refuse."""
+    warnings.filterwarnings("ignore", r"`(is_)?gradient_checkpointing` is deprecated", FutureWarning)
+    warnings.filterwarnings("ignore", r".*Add type hints to the `predict` method", UserWarning)
 
 
 def command_function(command: str):
@@ -109,6 +148,7 @@ def command_function(command: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    quiet_library_warnings()
     args.argv = list(sys.argv[1:] if argv is None else argv)  # a multi-process train relaunches itself
     try:
         params = load_params(args.params)

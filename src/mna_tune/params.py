@@ -338,6 +338,8 @@ def load_params(path: Path | str = DEFAULT_PARAMS_PATH) -> Params:
     path = Path(path)
     if path.is_dir():
         raise ParamsError(f"{path}: is a folder, not a params file (--params takes a YAML file such as params.yaml)")
+    if path.exists() and not path.is_file():  # a pipe or a device (/dev/zero) would be read without end
+        raise ParamsError(f"{path}: is not a regular file (--params takes a YAML file such as params.yaml)")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -145,6 +145,10 @@ def iter_units(root: Path, shadowed: list[str]) -> Iterator[Unit | InputError]:
         dirnames[:] = sorted(name for name in dirnames if name not in zips)
         for name in sorted(filenames):
             path = here / name
+            if not path.is_file():  # a FIFO, a device, a link to one: reading it would never end
+                rel = path.relative_to(root).as_posix()
+                yield InputError(rel, "is not a regular file (a pipe, a device or a link to one): remove it")
+                continue
             if name.lower().endswith(".zip"):
                 yield from _zip_units(root, path)
                 continue

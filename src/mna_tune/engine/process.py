@@ -26,7 +26,6 @@ from pathlib import Path
 ENGINE_PYTHON_VARIABLE = "MNA_TUNE_ENGINE_PYTHON"
 ENGINE_VENV = ".venv-engine"
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-GUARD = "mna_tune.serving.guard.RequestGuard"  # ASGI middleware vLLM's server loads (--middleware)
 # vLLM accepts these LoRA ranks only; an adapter's r is rounded up to the next one.
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 STOP_GRACE_S = 15.0
@@ -53,8 +52,6 @@ class EngineSpec:
     api_key: str | None = field(default=None, repr=False)
     runtime_lora: bool = False  # allow /v1/load_lora_adapter (the server swaps versions with it)
     startup_timeout_s: float = 600.0
-    chat_template: str | None = None  # a Jinja file for /v1/chat/completions (serve)
-    middleware: dict[str, str] | None = None  # the request guard in front, with its settings (serve)
 
 
 @dataclass
@@ -154,10 +151,6 @@ def command(python: Path, spec: EngineSpec, port: int) -> list[str]:
         args += ["--max-loras", str(max(len(spec.loras), 1) + 2)]  # room for versions loaded at run time
     if spec.loras:
         args += ["--lora-modules", *(f"{name}={path}" for name, path in spec.loras.items())]
-    if spec.chat_template:
-        args += ["--chat-template", spec.chat_template]
-    if spec.middleware is not None:
-        args += ["--middleware", GUARD]
     return args
 
 
@@ -171,9 +164,6 @@ def environment(spec: EngineSpec) -> dict[str, str]:
         TOKENIZERS_PARALLELISM="false",
     )
     env.pop("PYTHONPATH", None)  # the project's packages must not shadow the engine's
-    if spec.middleware is not None:  # the guard (standard library only) is imported from the project's source
-        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-        env.update(spec.middleware)
     if (os.cpu_count() or 1) <= 4:  # vLLM keeps a core for its server; on a small CPU that halves decoding
         env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     if spec.runtime_lora:

@@ -1,0 +1,1 @@
+"""The evaluate stage: generation, Korean metrics, the LLM judge and the report."""

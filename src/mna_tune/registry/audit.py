@@ -12,7 +12,7 @@ import subprocess
 
 from ..params import Params
 from .lineage import parse_lineage_tag, workspace_md5
-from .registry import Registry
+from .registry import ADAPTER_MD5, Registry
 from .tracking import Tracker
 
 
@@ -56,6 +56,7 @@ def audit_version(tracker: Tracker, registry: Registry, ref: str) -> dict:
         "code": {
             "git_commit": tags.get("git_commit"),
             "git_dirty": tags.get("git_dirty"),
+            "dirty_files": run.data.tags.get("git_dirty_files"),
             "workspace_head": head,
             "workspace_matches": head == tags.get("git_commit"),
         },
@@ -69,6 +70,8 @@ def audit_version(tracker: Tracker, registry: Registry, ref: str) -> dict:
         },
         "gate": {key.removeprefix("gate."): value for key, value in tags.items() if key.startswith("gate.")},
         "manual_promotion": tags.get("promotion.manual"),
+        "adapter_md5": tags.get(ADAPTER_MD5),
+        "record": [{"at": at, "what": what} for at, what in registry.records(version)],
         "workspace_matches": all(item["workspace_matches"] for item in data) and bool(data),
     }
 
@@ -99,8 +102,11 @@ def format_version(report: dict) -> str:
         f"run: {report['run_name']} ({report['run_id']})",
         f"code     commit {code['git_commit']} (dirty: {code['git_dirty']}); workspace HEAD {code['workspace_head']}"
         f" -> {_mark(code['workspace_matches'])}",
-        f"data     (lineage verified at evaluation: {report['lineage_verified']})",
     ]
+    if code.get("dirty_files"):
+        lines.append(f"         uncommitted when trained: {code['dirty_files']}")
+    lines.append(f"adapter  md5 {report.get('adapter_md5') or '?'}")
+    lines.append(f"data     (lineage verified at evaluation: {report['lineage_verified']})")
     for item in report["data"]:
         rows = f"{item['rows']} rows" if item["rows"] is not None else "rows ?"
         now = "missing" if item["workspace_md5"] is None else _mark(item["workspace_matches"])
@@ -120,6 +126,8 @@ def format_version(report: dict) -> str:
         lines.append(f"gate     passed={report['gate'].get('passed')}: {report['gate'].get('reason')}")
     if report.get("manual_promotion"):
         lines.append(f"promoted by hand {report['manual_promotion']}")
+    for number, item in enumerate(report.get("record", [])):  # oldest first, never rewritten
+        lines.append(f"{'record' if number == 0 else '':<8} {item['at']}  {item['what']}")
     lines.append(
         f"verdict  the workspace {'still holds' if report['workspace_matches'] else 'does NOT hold'} "
         "the data this version was made from"

@@ -45,6 +45,9 @@ def workspace_md5(path: Path | str) -> str | None:
     path = Path(path)
     if not path.exists():
         return None
+    for item in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        if not (item.is_file() or item.is_dir()):  # a pipe or a device would be hashed without end
+            raise ValueError(f"{item}: not a regular file or folder (a pipe, a device or a link to one)")
     fs = LocalFileSystem()
     with tempfile.TemporaryDirectory() as scratch:
         _, _, obj = build(HashFileDB(fs, scratch), str(path.resolve()), fs, "md5", dry_run=True)

@@ -64,6 +64,7 @@ def record_decision(registry: Registry, version: str, passed: bool, reason: str,
         "gate.decision": f"{'passed' if passed else 'refused'} by {how} at {_stamp()}",
     }
     registry.set_version_tags(version, tags)
+    registry.append_record(version, f"gate {'passed' if passed else 'refused'} ({how}): {reason}")
     run_id = registry.version(version).run_id
     if run_id:
         for key, value in tags.items():
@@ -103,6 +104,7 @@ def record_manual_promotion(registry: Registry, version: str, reason: str) -> No
 
     value = f"by {getpass.getuser()} at {_stamp()}: {reason.strip()}"
     registry.set_version_tags(version, {MANUAL_PROMOTION_TAG: value})
+    registry.append_record(version, f"promoted to champion by hand: {reason.strip()}")
     run_id = registry.version(version).run_id
     if run_id:
         registry.client.set_tag(run_id, MANUAL_PROMOTION_TAG, value)
@@ -110,6 +112,8 @@ def record_manual_promotion(registry: Registry, version: str, reason: str) -> No
 
 def rollback(registry: Registry, reason: str) -> tuple[str, str]:
     """Move `champion` back to the version that held it before; returns (from, to)."""
+    if not reason.strip():
+        raise ValueError("rollback: --reason is required: say why the champion goes back")
     history = _history(registry)
     if len(history) < 2:
         raise ValueError(
@@ -118,6 +122,8 @@ def rollback(registry: Registry, reason: str) -> tuple[str, str]:
     current, target = history[-1], history[-2]
     _set_champion(registry, target, history[:-1])
     registry.set_version_tags(current, {"gate.decision": f"rolled back to v{target} at {_stamp()}: {reason}"})
+    registry.append_record(current, f"rolled back: champion went back to v{target}: {reason}")
+    registry.append_record(target, f"champion again (rollback from v{current}): {reason}")
     return current, target
 
 

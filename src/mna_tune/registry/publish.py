@@ -11,7 +11,7 @@ from ..decoding import serving_config
 from ..params import Params
 from ..workspace import file_md5
 from .lineage import lineage_from_lock, workspace_md5
-from .promotion import GateDecision, apply_gate
+from .promotion import GateDecision, apply_gate, decide
 from .registry import ADAPTER_MD5, CHAMPION, Registry
 from .tracking import Tracker, git_info
 
@@ -146,8 +146,48 @@ def publish(
         if champion_metrics is None:  # never compared with the base model instead
             raise ValueError(f"evaluate: champion v{compared.champion} has no figures on this test split")
         champion = (compared.champion, champion_metrics)
-    decision = apply_gate(
-        registry, version, overall["adapter"], overall["base"], params.evaluate.gate, champion, compared.note
-    )
+    if existing is None:
+        decision = apply_gate(
+            registry, version, overall["adapter"], overall["base"], params.evaluate.gate, champion, compared.note
+        )
+    else:  # a re-evaluation: added to the version's record; no alias moves, no decision is rewritten
+        verdict = decide(
+            params.evaluate.gate, overall["adapter"], champion[1] if champion else None, overall["base"],
+            champion[0] if champion else None,
+        )  # fmt: skip
+        decision = GateDecision(
+            False,
+            f"re-evaluation of v{version}: the gate is not applied again (aliases and earlier decisions stay as "
+            f"they were); on these figures it would have {'passed' if verdict.passed else 'refused'}: "
+            f"{verdict.reason} ({compared.note})",
+        )
+        registry.append_record(version, f"re-evaluated in MLflow run {run_id}: {decision.reason}")
+    if existing is None:  # the version page renders this in full (tags sit in a small scroll box)
+        registry.describe(version, description(registry.version(version).tags, decision, run_id))
     model_id = source.removeprefix(LOGGED_MODEL_URI) if source.startswith(LOGGED_MODEL_URI) else None
     return Published(version, decision, verified, existing is None, version_run, model_id)
+
+
+def description(tags: dict[str, str], decision: GateDecision, run_id: str) -> str:
+    """The version's page in Markdown: figures, gate decision, code and data (content hashes)."""
+    lines = [
+        f"**Figures** {tags.get('eval.headline', '?')}",
+        "",
+        f"**Gate** {'passed: champion' if decision.passed else 'not passed'}: {decision.reason}",
+        "",
+        f"**Code** commit `{tags.get('git_commit')}` (uncommitted changes: {tags.get('git_dirty')}); "
+        f"MLflow run `{run_id}`; adapter md5 `{tags.get(ADAPTER_MD5)}`",
+        "",
+        f"**Data** (dvc.lock md5s; verified at evaluation: {tags.get('lineage.verified')})",
+        "",
+        "| stage | path | md5 |",
+        "|---|---|---|",
+    ]
+    for key, md5 in sorted(tags.items()):
+        if key.startswith("lineage.") and key != "lineage.verified":
+            stage, _, path = key.removeprefix("lineage.").partition(".")
+            lines.append(f"| {stage} | `{path}` | `{md5}` |")
+    if lines[-1] == "|---|---|---|":
+        lines.append("| - | no dvc.lock lineage: nothing vouches for the data | - |")
+    lines += ["", "Later decisions are in the version's `record.*` tags: `mna-tune audit <version>` prints them."]
+    return "\n".join(lines)

@@ -14,6 +14,7 @@ from .tracking import connect
 
 CHAMPION, CANDIDATE = "champion", "candidate"
 ADAPTER_MD5 = "adapter.md5"  # version tag: the adapter folder's content hash (as dvc.lock records it)
+RECORD_PREFIX = "record."  # version tags: the version's append-only record, one tag a line
 PYFUNC_ENTRY = Path(__file__).parents[1] / "serving" / "pyfunc_entry.py"
 SERVED_PACKAGES = ("torch", "transformers", "peft", "mlflow", "tokenizers", "tiktoken", "dashscope", "pandas")
 
@@ -88,6 +89,31 @@ class Registry:
     def set_version_tags(self, version: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, str(version), key, value)
+
+    def describe(self, version: str, markdown: str) -> None:
+        self.client.update_model_version(self.name, str(version), description=markdown)
+
+    def append_record(self, version: str, text: str) -> None:
+        """Add one line to the version's record (who, when and what happened to it: a swap a
+        server refused, a decision). Each line is a tag of its own, keyed by the time and a
+        random suffix, so no two writers ever overwrite each other and nothing earlier changes."""
+        import getpass
+        import secrets
+        import time
+
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+        key = f"{RECORD_PREFIX}{stamp}-{secrets.token_hex(2)}"
+        self.client.set_model_version_tag(self.name, str(version), key, f"{getpass.getuser()}: {text}")
+
+    def records(self, version) -> list[tuple[str, str]]:
+        """(when, line) of the version's record, oldest first."""
+        tags = version.tags if hasattr(version, "tags") else self.version(str(version)).tags
+        return [
+            (key[len(RECORD_PREFIX) :].rpartition("-")[0], value)
+            for key, value in sorted(tags.items())
+            if key.startswith(RECORD_PREFIX)
+        ]
 
     def model_tag(self, key: str) -> str:
         return self.client.get_registered_model(self.name).tags.get(key, "")

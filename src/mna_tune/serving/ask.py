@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from ..chat import build_messages, strip_think
+from ..chat import build_messages, is_blank, prompt_ids, strip_think
 from ..params import Params
 from .export import adapter_folder
 
@@ -22,11 +22,18 @@ def ask(params: Params, question: str, ref: str | None = None) -> str:
         model = load_adapter_model(params.model, adapter)
     tokenizer = load_tokenizer(params.model.base)
     settings = replace(settings_of(params), batch_size=1)  # decoding exactly as in evaluation
-    raw, _, _ = generate(model, tokenizer, [build_messages(question)], settings)
+    messages = build_messages(question)
+    prompt, context = len(prompt_ids(tokenizer, messages)), model.config.max_position_embeddings
+    if prompt + settings.max_new_tokens > context:  # as the servers refuse it: never a truncated prompt
+        raise ValueError(
+            f"the question is {prompt} tokens with the prompt, and {settings.max_new_tokens} more are asked for "
+            f"(evaluate.max_new_tokens): more than the model's context of {context} tokens; ask a shorter question"
+        )
+    raw, _, _ = generate(model, tokenizer, [messages], settings)
     return strip_think(raw[0])
 
 
 def main(params: Params, args) -> None:
-    if not args.question.strip():
+    if is_blank(args.question):
         raise ValueError('the question is empty: mna-tune ask "<a question>"')
     print(ask(params, args.question, args.model))

@@ -1,150 +1,193 @@
-"""`mna-tune serve --engine vllm`: vLLM's own OpenAI-compatible server for a registered
-version, the base model loaded once and the version's adapter served as a LoRA module under
-its version's name (`<registered model>/7`), and users send a stable name
-(`<registered model>@champion`; the request guard in front sends it on as the version it
-stands for). When the alias moves (`mna-tune promote`, `rollback`, a passed gate), the new
-version is loaded beside the old one (vLLM's runtime LoRA loading) and then the stable name
-points at it: no restart, no failed request, and every request is answered wholly by one
-version. The version before the previous one is unloaded at the next swap.
+"""`mna-tune serve --engine vllm`: the project's app (serving/app.py) in front, the vLLM
+engine behind it as a private child process.
 
-The server's limits map onto vLLM's flags: --max-model-len (context), --max-concurrency
-(--max-num-seqs), --api-key (VLLM_API_KEY, never on the command line), --host/--port. In
-front of it sits the project's request guard (body cap, body timeout, control-token text,
-lone surrogates; serving/guard.py), loaded with vLLM's --middleware.
+Clients reach only the app: the chat, models and health routes, the same protocol and the
+same refusals as `serve`. The engine listens on 127.0.0.1 on a free port with a key of its
+own (random, never shown), so vLLM's admin, LoRA-loading, completions, tokenizer, docs and
+metrics routes are out of a client's reach and the base model is never named to one.
+
+Each registered version is a LoRA module named after it (`<registered model>/7`). When the
+alias moves (`mna-tune promote`, `rollback`, a passed gate), the new version is checked
+first (its rank against the engine's `--max-lora-rank`, its base model against the engine's,
+its adapter files), then loaded beside the old one, then the stable name points at it: no
+restart, and every request is answered wholly by one version. A version the engine cannot
+load is refused before any load: the old one keeps answering, one line names the version and
+the reason, and the version's record says it was not swapped in (`mna-tune audit`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-from ..chat import SERVING_CHAT_TEMPLATE
-from ..decoding import SERVING_CONFIG
+from ..decoding import SERVING_CONFIG, GenerationSettings, settings_of
 from ..params import ModelParams, Params
 from ..workspace import project_root
-from . import guard
+from .app import Served
+from .server import banner, limits_of, serve, served_for, version_name
 
 
-def served_name(registered_model: str, ref: str) -> str:
-    """What users put in `model`: `<model>@champion` for an alias, `<model>/7` for a version."""
-    return f"{registered_model}{ref}" if ref.startswith("@") else version_name(registered_model, ref)
-
-
-def version_name(registered_model: str, version: str) -> str:
-    return f"{registered_model}/{version}"
-
-
-def point(names_file: Path, stable: str, served: str) -> None:
-    """The stable name now stands for `served` (written beside and renamed: never half a file)."""
-    scratch = names_file.with_suffix(".tmp")
-    scratch.write_text(json.dumps({stable: served}), encoding="utf-8")
-    os.replace(scratch, names_file)
-
-
-def fetch_version(registry, version, into: Path) -> tuple[Path, ModelParams | None]:
-    """The version's adapter folder (downloaded under `into`) and the model params it was
-    trained with (None for a version registered without a serving config)."""
+def fetch_version(registry, version, into: Path) -> tuple[Path, ModelParams | None, GenerationSettings | None]:
+    """The version's adapter folder (downloaded under `into`), the model params it was trained
+    with and the decoding it was evaluated with (None for a version without a serving config)."""
     adapter = registry.download_adapter(version, into)
-    config = next(into.rglob(SERVING_CONFIG), None)
-    model = ModelParams(**json.loads(config.read_text(encoding="utf-8"))["model"]) if config else None
-    return adapter, model
+    config_file = next(into.rglob(SERVING_CONFIG), None)
+    if config_file is None:
+        return adapter, None, None
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    return adapter, ModelParams(**config["model"]), GenerationSettings(**config["generation"])
 
 
 def lora_rank(adapter: Path) -> int:
     return int(json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))["r"])
 
 
+def same_base(one: ModelParams, other: ModelParams) -> bool:
+    """Whether two versions sit on the same base weights (a tiny model is its seed)."""
+    return one.base == other.base and (one.base != "tiny-qwen3" or one.tiny_seed == other.tiny_seed)
+
+
+def swap_refusal(adapter: Path, model: ModelParams | None, served: ModelParams, max_rank: int) -> str | None:
+    """Why the running engine cannot serve this adapter, or None when it can."""
+    from safetensors import safe_open
+
+    try:
+        rank = lora_rank(adapter)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"its adapter_config.json cannot be read ({exc})"
+    if rank > max_rank:
+        return (
+            f"its LoRA rank {rank} is above the engine's --max-lora-rank {max_rank}; "
+            f"restart serve with --max-lora-rank {rank} or more"
+        )
+    if model is not None and not same_base(model, served):
+        return f"it was trained on {model.base!r}, the engine serves {served.base!r}"
+    try:
+        with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as weights:
+            if not list(weights.keys()):
+                return "its adapter_model.safetensors holds no weights"
+    except Exception as exc:  # noqa: BLE001 - whatever the reader says, the file is not an adapter
+        return f"its adapter_model.safetensors cannot be read ({exc})"
+    return None
+
+
+class AliasWatch:
+    """Until the server stops: every `poll_s`, the alias's version; a new one is checked, loaded
+    beside the old, then the stable name points at it; the one before the old is unloaded."""
+
+    def __init__(self, registry, ref: str, served: Served, answers, scratch: Path, poll_s: float, base, max_rank: int):
+        self.registry, self.ref, self.served, self.answers = registry, ref, served, answers
+        self.scratch, self.poll_s, self.base, self.max_rank = scratch, poll_s, base, max_rank
+        self.alias = f"{registry.name}{ref}"
+        self.loaded = list(served.versions)
+        self.refused: set[str] = set()
+
+    def run(self, stopping: threading.Event) -> None:
+        engine = self.answers.engine
+        while not stopping.wait(self.poll_s):
+            if not engine.alive():  # the server cannot answer any more: stop it, main names the death
+                print(f"serve: the vLLM engine stopped: {engine.died()}", file=sys.stderr, flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            if self.ref.startswith("@"):
+                try:
+                    self.follow()
+                except Exception as exc:  # noqa: BLE001 - a registry hiccup must not stop serving
+                    print(f"serve: could not follow {self.alias}: {exc}", file=sys.stderr, flush=True)
+
+    def follow(self) -> None:
+        current = self.registry.alias_version(self.ref[1:])
+        shown = self.served.aliases[self.alias]
+        if current is None:
+            return
+        version = str(current.version)
+        name = version_name(self.registry.name, version)
+        if name == shown or version in self.refused:
+            return
+        started = time.monotonic()
+        if name not in self.served.versions:
+            adapter, model, settings = fetch_version(self.registry, current, self.scratch / f"v{version}")
+            reason = swap_refusal(adapter, model, self.base, self.max_rank)
+            if reason is not None:
+                self.refuse(version, reason, shown)
+                return
+            self.answers.load_adapter(name, str(adapter))
+            self.served.add(name, settings or self.served.versions[shown])
+            self.loaded.append(name)
+        self.served.point(self.alias, name)
+        print(
+            f"serve: {self.alias} now answers with {name} (was {shown}; swapped in "
+            f"{time.monotonic() - started:.1f} s, no restart)",
+            file=sys.stderr,
+            flush=True,
+        )
+        while len(self.loaded) > 2:  # requests to the one before the previous have long ended
+            old = self.loaded.pop(0)
+            self.served.drop(old)
+            self.answers.unload_adapter(old)
+            shutil.rmtree(self.scratch / f"v{old.rpartition('/')[2]}", ignore_errors=True)
+
+    def refuse(self, version: str, reason: str, shown: str) -> None:
+        self.refused.add(version)
+        shutil.rmtree(self.scratch / f"v{version}", ignore_errors=True)
+        line = f"serve --engine vllm did not swap in v{version}: {reason}; {shown} keeps answering"
+        print(f"serve: {line}", file=sys.stderr, flush=True)
+        self.registry.append_record(version, line)
+
+
 def main(params: Params, args) -> None:
     from ..engine.client import EngineAnswers
     from ..engine.models import engine_dtype, engine_model
-    from ..engine.process import EngineError, EngineSpec, lora_rank_for, running_engine
+    from ..engine.process import LORA_RANKS, EngineError, EngineSpec, lora_rank_for, running_engine
     from ..modeling import load_tokenizer
     from ..registry.registry import Registry
-    from .server import limits_of, warn_if_exposed
+    from .jobs import EngineModels
 
     limits = limits_of(args)
+    if args.max_lora_rank is not None and args.max_lora_rank not in LORA_RANKS:
+        raise ValueError(f"serve: --max-lora-rank {args.max_lora_rank} is not one of vLLM's ranks {LORA_RANKS}")
     registry = Registry(params.mlflow)
     version = registry.version(args.model)
-    name = served_name(registry.name, args.model)
     root = project_root()
     cache = root / params.paths.cache
     scratch = Path(tempfile.mkdtemp(prefix="serve-", dir=cache if cache.is_dir() else None))
     try:
-        adapter, model = fetch_version(registry, version, scratch / f"v{version.version}")
+        adapter, model, settings = fetch_version(registry, version, scratch / f"v{version.version}")
         model = model or params.model
-        template = scratch / "chat_template.jinja"
-        template.write_text(SERVING_CHAT_TEMPLATE, encoding="utf-8")
-        names_file = scratch / "model_names.json"
-        first = version_name(registry.name, str(version.version))
-        point(names_file, name, first)
+        served = served_for(registry.name, args.model, str(version.version), settings or settings_of(params))
+        first = served.names()[-1]
+        max_rank = args.max_lora_rank or lora_rank_for(max(lora_rank(adapter), params.lora.r))
         spec = EngineSpec(
             model=engine_model(model, cache),
-            served_name=f"{registry.name}-base",
+            served_name=f"{registry.name}-base",  # the engine's own name for the base: never given to a client
             dtype=engine_dtype(model),
             max_model_len=args.max_model_len,
             max_num_seqs=limits.max_concurrency,
             seed=0,
             loras={first: str(adapter)},
-            max_lora_rank=lora_rank_for(max(lora_rank(adapter), params.lora.r)),
+            max_lora_rank=max_rank,
             kv_cache_gib=params.evaluate.vllm.kv_cache_gib,
-            host=args.host,
-            port=args.port,
-            api_key=limits.api_key,
+            host="127.0.0.1",
+            port=0,
+            api_key=secrets.token_urlsafe(32),  # the engine answers this process only
             runtime_lora=True,
             startup_timeout_s=params.evaluate.vllm.startup_timeout_s,
-            chat_template=str(template),
-            middleware={**guard_settings(args), guard.MODEL_NAMES_VARIABLE: str(names_file)},
         )
-        warn_if_exposed(args.host, limits)
         with running_engine(spec, root, cache / "engine") as engine:
-            key_note = " (API key required)" if limits.api_key else ""
-            print(f"serve: {name} (v{version.version}) on {engine.base_url}/chat/completions{key_note}", flush=True)
-            answers = EngineAnswers(engine, load_tokenizer(model.base))
-            follow_alias(registry, args.model, str(version.version), name, answers, scratch, args.poll_s, names_file)
-            raise EngineError(f"the vLLM engine behind `serve` stopped: {engine.died()}")
+            tokenizer = load_tokenizer(model.base)
+            answers = EngineAnswers(engine, tokenizer)
+            watch = AliasWatch(registry, args.model, served, answers, scratch, args.poll_s, model, max_rank)
+            models = EngineModels(engine, tokenizer, args.max_model_len)
+            serve(models, served, limits, args.host, args.port, f"{banner(served)} on vLLM", watch=watch.run)
+            if not engine.alive():
+                raise EngineError(f"the vLLM engine behind `serve` stopped: {engine.died()}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def guard_settings(args) -> dict[str, str]:
-    cap = args.max_body_bytes or guard.body_cap_for(args.max_model_len)
-    return {guard.MAX_BODY_VARIABLE: str(cap), guard.CONTROL_TOKENS_VARIABLE: "1"}
-
-
-def follow_alias(
-    registry, ref: str, shown: str, name: str, answers, scratch: Path, poll_s: float, names_file: Path
-) -> None:
-    """Until the engine stops: every `poll_s`, the alias's version; a new one is loaded beside
-    the old, then the stable name points at it; the one before the old is unloaded."""
-    engine = answers.engine
-    loaded = [shown]
-    while engine.alive():
-        time.sleep(poll_s)
-        if not ref.startswith("@") or not engine.alive():
-            continue
-        current = registry.alias_version(ref[1:])
-        if current is None or str(current.version) == shown:
-            continue
-        started = time.monotonic()
-        version = str(current.version)
-        if version not in loaded:
-            adapter, _ = fetch_version(registry, current, scratch / f"v{version}")
-            answers.load_adapter(version_name(registry.name, version), str(adapter))
-            loaded.append(version)
-        point(names_file, name, version_name(registry.name, version))
-        print(
-            f"serve: {name} now answers with v{version} (was v{shown}; swapped in "
-            f"{time.monotonic() - started:.1f} s, no restart)",
-            file=sys.stderr,
-            flush=True,
-        )
-        shown = version
-        while len(loaded) > 2:  # requests to the one before the previous have long ended
-            old = loaded.pop(0)
-            answers.unload_adapter(version_name(registry.name, old))
-            shutil.rmtree(scratch / f"v{old}", ignore_errors=True)

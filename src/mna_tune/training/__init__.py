@@ -1,0 +1,1 @@
+"""The train stage: TRL SFT with PEFT LoRA, launched by accelerate, resumable."""

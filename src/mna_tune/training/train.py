@@ -124,7 +124,8 @@ def _start_or_resume_run(params: Params, checkpoints: Path, resume: Path | None)
         return tracker, resumed
     tags = git_info(params.paths.outputs())
     run_id = tracker.start_run(
-        run_name=tags.get("dvc_exp_name") or f"repro-{tags['git_commit'][:8]}",
+        # two workspace runs at one commit must be told apart: the time is in the name
+        run_name=tags.get("dvc_exp_name") or f"repro-{tags['git_commit'][:8]}-{time.strftime('%m%d-%H%M%S')}",
         params=params.model_dump(mode="json", exclude={"paths"}),
         tags={**tags, "stage": "train", "model.base": params.model.base},
     )
