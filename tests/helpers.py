@@ -20,7 +20,7 @@ import yaml
 
 from mna_tune.chat import build_messages
 from mna_tune.data.text import content_id
-from mna_tune.params import Params, load_params
+from mna_tune.params import Params, ParityParams, load_params
 from mna_tune.workspace import write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +58,8 @@ def tiny_params(**train) -> Params:
     """Quick training on the tiny model: 3 steps of 2 rows unless `train` says otherwise."""
     return repo_params(
         train={"max_steps": 3, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, **train},
-        evaluate={"max_new_tokens": 8, "batch_size": 4},
+        # no probe, no parity certificate (tests/test_parity.py turns them on): seconds, not a minute
+        evaluate={"max_new_tokens": 8, "batch_size": 4, "probes": 0, "parity": ParityParams(test_rows=0)},
     )
 
 

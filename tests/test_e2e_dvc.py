@@ -25,7 +25,8 @@ from mna_tune.workspace import file_md5
 pytestmark = pytest.mark.e2e
 STAGES = ["extract", "filter", "merge", "split", "train", "evaluate"]
 MODEL = "mna-tune-qwen3-adapter"
-QUICK = ["-S", "train.max_steps=4"]  # runs after the first test lineage and DVC, not training (CI time)
+# runs after the first test lineage and DVC, not training or the parity certificate (CI time)
+QUICK = ["-S", "train.max_steps=4", "-S", "evaluate.probes=0", "-S", "evaluate.parity.test_rows=0"]
 TRACER = Path(__file__).parent / "import_trace"
 
 
@@ -99,6 +100,12 @@ def derive(base: Reproduced, dest: Path) -> Path:
 
 def ran(result):
     return re.findall(r"Running stage '(\w+)'", result.stdout)
+
+
+def quick(clone) -> None:
+    """The params QUICK sets, in the clone's params.yaml."""
+    for dotted, value in (("train.max_steps", 4), ("evaluate.probes", 0), ("evaluate.parity.test_rows", 0)):
+        set_param(clone, dotted, value)
 
 
 def set_param(clone, dotted, value):
@@ -198,7 +205,8 @@ def test_each_stage_imported_only_code_its_dvc_deps_cover(base):
     "module, stages",
     [
         ("lexicon.py", {"filter", "evaluate"}),  # the two stages that import it
-        ("serving/server.py", set()),  # only `mna-tune serve` uses it: no stage reruns
+        ("serving/ask.py", set()),  # only `mna-tune ask` uses it: no stage reruns
+        ("serving/server.py", {"evaluate"}),  # the parity certificate runs `mna-tune serve`
         ("registry/promotion.py", {"evaluate"}),  # the gate: not training
     ],
 )
@@ -261,7 +269,7 @@ def test_audit_names_the_lock_hashes_and_flags_changed_data(base):
         assert recorded[path] == md5_in_lock(clone, stage, path)
     assert {"data/processed/val.jsonl", "data/processed/test.jsonl"} <= set(recorded)
     assert report["workspace_matches"] is True and report["code"]["workspace_matches"] is True
-    assert report["params"]["lora.r"] == "8"
+    assert report["params"]["lora.r"] == "16"
     text = sh(clone, "mna-tune", "audit", "@candidate").stdout
     assert "still holds" in text and "data/sample/mna_qa.json" in text
 
@@ -298,10 +306,10 @@ def test_audit_from_a_fresh_clone_that_shares_the_store(base, tmp_path):
     assert state["data/processed/train.jsonl"] == (False, False)  # not reproduced in this clone yet
 
 
-def test_a_moved_clone_reproduces_and_audits_and_a_manual_promotion_keeps_the_gates_refusal(base, tmp_path):
+def test_a_moved_clone_reproduces_and_audits_and_a_manual_promotion_keeps_the_gates_decision(base, tmp_path):
     """`mv` of a clone: nothing in DVC's outputs names the old folder, so `dvc repro` has
     nothing to rerun and audit works. A promotion by hand is recorded beside the gate's
-    refusal, which stays as the gate wrote it."""
+    decision, which stays as the gate wrote it, and the record keeps both."""
     clone = derive(base, tmp_path / "repo")
     shutil.copy2(base.path / "mlflow.db", clone / "mlflow.db")  # the registry goes with the folder
     assert "tracking_uri" not in json.loads((clone / "models/train_run.json").read_text())
@@ -314,7 +322,24 @@ def test_a_moved_clone_reproduces_and_audits_and_a_manual_promotion_keeps_the_ga
     assert refused.returncode == 2 and "--reason" in refused.stderr
     sh(moved, "mna-tune", "promote", "1", "--reason", "법무 검토 승인")
     text = sh(moved, "mna-tune", "audit", "@champion").stdout
-    assert "gate     passed=false" in text and "promoted by hand by " in text and ": 법무 검토 승인" in text
+    assert "gate     passed=true" in text and "promoted by hand by " in text and ": 법무 검토 승인" in text
+    assert "gate passed (gate)" in text and "promoted to champion by hand: 법무 검토 승인" in text  # the record
+
+
+def test_the_embedded_default_learns_and_every_path_agrees(base):
+    """Issue 26's fresh-clone acceptance: the default's adapter learns (answer loss below 9.0
+    nats and at most 0.7 x the base model's, Korean answers, better ROUGE-L and chrF), the
+    gate makes version 1 champion, and the parity certificate holds on every path that runs."""
+    clone = base.path
+    metrics = json.loads((clone / "metrics/eval.json").read_text())
+    assert metrics["eval_loss"] < 9.0 and metrics["eval_loss"] <= 0.7 * metrics["base"]["eval_loss"]
+    assert metrics["korean_only_share"] >= 0.9
+    assert metrics["rougeL_f1"] > metrics["base"]["rougeL_f1"] and metrics["chrf"] > metrics["base"]["chrf"]
+    assert set(metrics["parity"]) >= {"export", "serve", "pyfunc"} and set(metrics["parity"].values()) == {1.0}
+    report = (clone / "reports/eval.md").read_text()
+    assert "PASSED → champion" in report and "memorisation probe" in report and "`pyfunc`: agrees" in report
+    audit = sh(clone, "mna-tune", "audit", "@champion").stdout
+    assert "v1  aliases: candidate, champion" in audit and "parity   export: agrees" in audit
 
 
 def test_second_repro_reruns_nothing(base):
@@ -328,7 +353,7 @@ def test_param_changes_rerun_exactly_the_stages_that_read_them(base, tmp_path):
     clone = derive(base, tmp_path / "repo")
     assert ran(sh(clone, "dvc", "repro")) == []  # derive gives base's state: nothing to rerun
     set_param(clone, "filter.min_score", 20)
-    set_param(clone, "train.max_steps", 4)
+    quick(clone)
     assert ran(sh(clone, "dvc", "repro")) == ["filter", "merge", "split", "train", "evaluate"]
     set_param(clone, "train.learning_rate", 0.001)
     assert ran(sh(clone, "dvc", "repro")) == ["train", "evaluate"]
@@ -373,7 +398,7 @@ def test_dvc_repro_with_the_judge_writes_its_figures_and_one_trace_per_row(base,
 
     secret = "sk-e2e-judge-not-a-real-key"
     clone = derive(base, tmp_path / "repo")
-    set_param(clone, "train.max_steps", 4)  # a run in this clone's own store
+    quick(clone)  # a run in this clone's own store
     set_param(clone, "evaluate.judge.enabled", True)
     set_param(clone, "evaluate.max_generate_rows", 3)
     set_param(clone, "evaluate.repetition_penalty", 3.0)  # the random model answers only newlines otherwise

@@ -104,3 +104,32 @@ def test_empty_answers_have_a_reason(raw, reason):
     from mna_tune.evaluation.scoring import empty_reason
 
     assert empty_reason(raw) == reason
+
+
+@pytest.mark.parametrize("silent", ["base", "adapter"])
+def test_one_side_answering_nothing_leaves_its_figures_out_not_a_crash(tmp_path, monkeypatch, silent):
+    """The first adapter that said something crashed evaluate (KeyError in write_tables: the
+    base's empty answers have no domain-term precision). Either side may be the silent one."""
+    from helpers import chat_rows, repo_params
+    from mna_tune.evaluation.evaluate import score, write_tables
+    from mna_tune.evaluation.report import render
+    from mna_tune.params import GateParams
+    from mna_tune.registry.promotion import decide
+
+    monkeypatch.chdir(tmp_path)
+    rows = chat_rows([("합병이란?", "합병은 이사회와 주주총회가 정합니다"), ("실사란?", "실사는 조사입니다")])
+    talking = ["합병은 이사회가 정합니다", "실사는 합병 전 조사입니다"]
+    raw = {"adapter": talking, "base": ["", ""]} if silent == "base" else {"adapter": ["", ""], "base": talking}
+    runs = {name: ModelRun([(2.0, 2), (2.0, 2)], raw[name], 8, 1.0) for name in ("adapter", "base")}
+    params = repo_params()
+    result = score(params, rows, rows, runs, base_from_cache=False)
+    assert "domain_term_precision" in result.overall["base" if silent == "adapter" else "adapter"]
+    assert "domain_term_precision" not in result.overall[silent]
+    write_tables(params, result)
+    plotted = (tmp_path / params.paths.evaluate.scores_plot).read_text().splitlines()
+    assert any(line.startswith("domain_term_precision,") for line in plotted)
+    page = render("t", result.overall, result.by_group, [], [])
+    assert "| domain-term precision |" in page and "–" in page
+    gate = GateParams(metric="domain_term_precision", min_delta=0.0, min_korean_only=0.0, parity="all")
+    verdict = decide(gate, result.overall["adapter"], None, result.overall["base"])
+    assert not verdict.passed and ("no 'domain_term_precision'" in verdict.reason)

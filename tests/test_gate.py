@@ -11,7 +11,7 @@ BASE = {"rougeL_f1": 0.20, "eval_loss": 2.0, "korean_only_share": 0.95}
 
 
 def gate(metric="rougeL_f1", min_delta=0.0, min_korean_only=0.9):
-    return GateParams(metric=metric, min_delta=min_delta, min_korean_only=min_korean_only)
+    return GateParams(metric=metric, min_delta=min_delta, min_korean_only=min_korean_only, parity="all")
 
 
 def test_without_champion_the_candidate_must_beat_the_base_model():

@@ -375,7 +375,7 @@ def test_a_judge_gate_needs_the_judge(tmp_path):
 
 @pytest.mark.parametrize("metric", ["judge_win_rate", "judge_rubric_mean"])
 def test_the_gate_takes_judge_figures_higher_is_better(metric):
-    gate = GateParams(metric=metric, min_delta=0.1, min_korean_only=0.0)
+    gate = GateParams(metric=metric, min_delta=0.1, min_korean_only=0.0, parity="all")
     base = {metric: 0.2, "korean_only_share": 1.0}
     assert decide(gate, {metric: 0.5, "korean_only_share": 1.0}, None, base).passed
     assert not decide(gate, {metric: 0.25, "korean_only_share": 1.0}, None, base).passed

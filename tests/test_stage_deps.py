@@ -39,7 +39,17 @@ def _with_parents(name: str) -> set[str]:
 # Modules MLflow loads from a file path ("models from code": registering a version loads the
 # pyfunc entry), which no import statement shows. A stage that can register depends on them;
 # the layer check reads import statements only (the registry never imports serving).
-LOADED_BY_PATH = {"mna_tune.registry.registry": {"mna_tune.serving.pyfunc_entry"}}
+# The parity certificate runs `mna-tune export` and `mna-tune serve` as the user runs them
+# (child processes): what they run certifies the version, so the stage depends on it too.
+LOADED_BY_PATH = {
+    "mna_tune.registry.registry": {"mna_tune.serving.pyfunc_entry"},
+    "mna_tune.evaluation.parity": {
+        "mna_tune.__main__",
+        "mna_tune.serving.export",
+        "mna_tune.serving.server",
+        "mna_tune.serving.engine_server",
+    },
+}
 
 
 def imported_by(name: str) -> set[str]:

@@ -243,6 +243,9 @@ JUDGE_GATE_METRICS = ("judge_win_rate", "judge_rubric_mean")  # need evaluate.ju
 LOWER_IS_BETTER = {"eval_loss", "perplexity", "think_leak_share", "empty_answer_share"}
 
 
+ParityPath = Literal["transformers", "vllm", "export", "serve", "serve_vllm", "pyfunc"]
+
+
 class GateParams(_Section):
     metric: Literal[
         "eval_loss",
@@ -258,6 +261,11 @@ class GateParams(_Section):
     ]
     min_delta: Finite
     min_korean_only: Finite = Field(ge=0, le=1)
+    parity: Literal["all"] | list[ParityPath]  # paths that must agree with the reference (evaluation/parity.py)
+
+
+class ParityParams(_Section):
+    test_rows: int = Field(ge=0)  # the first test questions replayed beside the probe's
 
 
 class ConsistencyParams(_Section):
@@ -298,6 +306,8 @@ class EvaluateParams(_Section):
     top_p: Finite = Field(gt=0, le=1)
     repetition_penalty: Finite = Field(gt=0)
     report_samples: int = Field(ge=0)
+    probes: int = Field(ge=0)
+    parity: ParityParams
     consistency: ConsistencyParams
     judge: JudgeParams
     gate: GateParams

@@ -28,6 +28,7 @@ from ..workspace import (
     write_json,
     write_jsonl,
 )
+from . import parity
 from .answering import ADAPTER, BASE, answering
 from .generation import answer_only_losses
 from .scoring import ModelRun, add_row_details, compare, score_rows
@@ -64,6 +65,8 @@ class Evaluation:
     predictions: list[dict]  # one row per generated test row
     throughput: dict  # generated tokens/s per model: changes from run to run, so MLflow only
     engine: str = "transformers"  # what generated the answers, with its version
+    probes: dict | None = None  # the memorisation probe (evaluation/probes.py), when evaluate.probes > 0
+    parity: dict | None = None  # the parity certificate (evaluation/parity.py), path -> its check
 
 
 def base_identity(params: Params) -> dict:
@@ -156,6 +159,20 @@ def run_models(
     return {"adapter": adapter, "base": base}, False
 
 
+def run_probes(params: Params, answers) -> tuple[list[dict], dict | None]:
+    """The probe's training rows and the adapter's greedy answers to them (evaluation/probes.py)."""
+    from dataclasses import replace
+
+    from .probes import memorisation, probe_rows
+
+    if not params.evaluate.probes:
+        return [], None
+    chosen = probe_rows(params.paths.split.train, params.evaluate.probes, params.train.seed)
+    greedy = replace(settings_of(params), do_sample=False)
+    raw, _, _ = answers.generate(ADAPTER, [row["messages"] for row in chosen], greedy, progress="adapter: probes")
+    return chosen, memorisation(chosen, raw)
+
+
 def score(
     params: Params, rows: list[dict], generated: list[dict], runs: dict[str, ModelRun], base_from_cache: bool
 ) -> Evaluation:
@@ -206,14 +223,16 @@ def write_tables(params: Params, result: Evaluation) -> None:
             "generated_rows": len(result.generated),
             "base_from_cache": result.base_from_cache,
             "engine": result.engine,
+            "memorisation_probe": result.probes,
+            "parity": result.parity,
         },
     )
     overall = result.overall
     with atomic_open(paths.scores_plot) as out:
         out.write("metric,base,adapter\n")
         for metric in PLOTTED:
-            if metric in overall["adapter"]:
-                out.write(f"{metric},{overall['base'][metric]},{overall['adapter'][metric]}\n")
+            if metric in overall["adapter"] or metric in overall["base"]:  # a side without a value: blank
+                out.write(f"{metric},{overall['base'].get(metric, '')},{overall['adapter'].get(metric, '')}\n")
 
 
 def evaluate_champion(params: Params, result: Evaluation, version: str, answers, judge=None) -> dict:
@@ -290,6 +309,16 @@ def write_report(params: Params, result: Evaluation, run_id: str, published: Pub
         f"- gate ({cfg.gate.metric}, min delta {cfg.gate.min_delta}, Korean-only ≥ {cfg.gate.min_korean_only}): "
         f"{'PASSED → champion' if decision.passed else 'not passed'} — {decision.reason}",
     ]
+    if result.probes:
+        probes = result.probes
+        header.append(
+            f"- memorisation probe: the adapter reproduces {probes['exact']} of {probes['rows']} training answers "
+            "exactly (greedy; row ids in reports/eval.json)"
+        )
+    if result.parity:
+        header.append("- parity certificate (the same greedy answers on every path; evaluation/parity.py):")
+        for path, check in result.parity.items():
+            header.append(f"  - `{path}`: {parity.PathCheck(**check).line()}")
     if cfg.consistency.samples:
         header.append(
             f"- consistency: {cfg.consistency.samples} sampled answers per row (temperature "
@@ -323,6 +352,8 @@ def log_outputs(
         tracker.log_artifact(run_id, lock, "lineage")
     judged = result.overall.get("judge", {})
     tracker.log_metrics(run_id, {f"eval/judge/{key}": value for key, value in judged.items()})  # numbers only
+    if result.probes:
+        tracker.log_metrics(run_id, {"eval/adapter/probe_exact_share": result.probes["exact_share"]})
     rows = trace_rows(result.predictions, judged.get("model"), published.version)
     log_eval_traces(params.mlflow, run_id, rows, published.model_id)
 
@@ -340,10 +371,16 @@ def headline(result: Evaluation, engine: str, splits) -> dict:
         for name in ("adapter", "base", "delta")
     )
     judge = {key: value for key, value in result.overall.get("judge", {}).items() if isinstance(value, (int, float))}
+    checked = {
+        path: round(check["equal"] / check["of"], 6)
+        for path, check in (result.parity or {}).items()
+        if check["status"] in ("agrees", "differs") and check["of"]
+    }
     return {
         **adapter,
         "base": base,
         "delta": delta,
+        **({"parity": checked} if checked else {}),
         **({"judge": judge} if judge else {}),
         "engine": engine,
         "rows": rows,
@@ -373,16 +410,35 @@ def run_evaluate(params: Params, check_inputs=lambda: None) -> dict:
     with answering(params, model, tokenizer) as answers:  # with vllm: the engine runs until the champion is done
         runs, cached = run_models(params, model, tokenizer, answers, rows, generated)
         result = score(params, rows, generated, runs, cached)
+        probe_rows, result.probes = run_probes(params, answers)
+        questions = parity.questions_of(params, probe_rows)  # none: the certificate is off
+        replayed = parity.in_process(params, answers, model, tokenizer, questions) if questions else {}
         result.engine = answers.description
         judge_evaluation(judge, result)  # the LLM judge, before any output is written
         champion_metrics = compared.champion_metrics
         if compared.evaluate_champion:
             champion_metrics = evaluate_champion(params, result, str(compared.champion), answers, judge)
     check_inputs()
-    write_tables(params, result)
+    del model  # the certificate starts servers and loads the version again: free this copy first
+
+    def certify(registry, version) -> tuple[dict[str, str], str | None]:
+        checks = parity.certify(params, registry, version, questions, replayed)
+        result.parity = parity.as_dict(checks)
+        return {path: check.line() for path, check in checks.items()}, parity.refusal(
+            params.evaluate.gate.parity, checks
+        )
+
     published = publish(
-        params, run_id, compared, result.overall, result.throughput, headline_tag(result), champion_metrics
+        params,
+        run_id,
+        compared,
+        result.overall,
+        result.throughput,
+        headline_tag(result),
+        champion_metrics,
+        certify if questions else None,
     )
+    write_tables(params, result)
     Tracker(params.mlflow).set_tags(run_id, {"eval.engine": result.engine})
     write_report(params, result, run_id, published)
     metrics = headline(result, params.evaluate.engine, params.paths.split)

@@ -447,7 +447,13 @@ def _add_figures(section: dict, judged: list[dict]) -> None:
     figures = model_figures(summarise(judged))
     for name in MODELS:
         section[name].update(figures[name])
-    section["delta"].update({key: round(value - figures["base"][key], 6) for key, value in figures["adapter"].items()})
+    section["delta"].update(
+        {
+            key: round(value - figures["base"][key], 6)
+            for key, value in figures["adapter"].items()
+            if key in figures["base"]
+        }
+    )
 
 
 def apply(result, judged: list[dict], judge: Judge) -> None:

@@ -71,6 +71,9 @@ def audit_version(tracker: Tracker, registry: Registry, ref: str) -> dict:
         "gate": {key.removeprefix("gate."): value for key, value in tags.items() if key.startswith("gate.")},
         "manual_promotion": tags.get("promotion.manual"),
         "adapter_md5": tags.get(ADAPTER_MD5),
+        "parity": {
+            key.removeprefix("parity."): value for key, value in sorted(tags.items()) if key.startswith("parity.")
+        },
         "record": [{"at": at, "what": what} for at, what in registry.records(version)],
         "workspace_matches": all(item["workspace_matches"] for item in data) and bool(data),
     }
@@ -124,6 +127,8 @@ def format_version(report: dict) -> str:
     )
     if report["gate"]:
         lines.append(f"gate     passed={report['gate'].get('passed')}: {report['gate'].get('reason')}")
+    for number, (path, line) in enumerate(report.get("parity", {}).items()):  # the parity certificate
+        lines.append(f"{'parity' if number == 0 else '':<8} {path}: {line}")
     if report.get("manual_promotion"):
         lines.append(f"promoted by hand {report['manual_promotion']}")
     for number, item in enumerate(report.get("record", [])):  # oldest first, never rewritten

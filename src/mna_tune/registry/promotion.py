@@ -37,6 +37,8 @@ def decide(
         return GateDecision(False, f"Korean-only share {korean:.4f} < required {gate.min_korean_only:.4f}")
     if champion is not None and metric not in champion:  # never compared with the base model instead
         return GateDecision(False, f"champion v{champion_version} has no '{metric}' value to compare with")
+    if champion is None and metric not in base:  # e.g. a precision of answers the base left empty
+        return GateDecision(False, f"the base model has no '{metric}' value to compare with; gate on another metric")
     if champion is not None:
         reference, against = champion[metric], f"champion v{champion_version}"
     else:
@@ -135,6 +137,7 @@ def apply_gate(
     gate: GateParams,
     champion: tuple[str, dict] | None,
     split_note: str,
+    refused_by: str | None = None,
 ) -> GateDecision:
     """`candidate` goes to the new version; `champion` only if the gate passes. `champion`
     is (version, its metrics on the same test split as the candidate), or None."""
@@ -142,6 +145,8 @@ def apply_gate(
     champion_version, champion_metrics = champion if champion else (None, None)
     decision = decide(gate, candidate, champion_metrics, base, champion_version)
     decision = GateDecision(decision.passed, f"{decision.reason} ({split_note})")
+    if decision.passed and refused_by:  # the figures pass, the paths do not agree
+        decision = GateDecision(False, f"{refused_by} (the figures alone would pass: {decision.reason})")
     if decision.passed:
         promote(registry, version, decision.reason, "gate")
     else:

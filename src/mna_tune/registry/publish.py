@@ -96,6 +96,7 @@ def publish(
     throughput: dict,
     headline: str,
     champion_metrics: dict | None,
+    certify=None,
     lock: Path = Path("dvc.lock"),
 ) -> Published:
     """Register the candidate (or reuse the version that holds it), log its figures on the
@@ -112,7 +113,7 @@ def publish(
         version, version_run = str(existing.version), existing.run_id
         print(
             f"evaluate: this adapter ({compared.adapter_md5}) is already registered as v{version} "
-            f"(MLflow run {version_run}): applying the gate to v{version}"
+            f"(MLflow run {version_run}): this evaluation is recorded as a re-evaluation of v{version}"
         )
         if version_run != run_id:
             tracker.set_tags(run_id, {"registered_version": f"{version} (already registered from run {version_run})"})
@@ -147,8 +148,19 @@ def publish(
             raise ValueError(f"evaluate: champion v{compared.champion} has no figures on this test split")
         champion = (compared.champion, champion_metrics)
     if existing is None:
+        refused_by = None
+        if certify is not None:  # every way the version is used answers as evaluated, or the gate refuses
+            lines, refused_by = certify(registry, registry.version(version))
+            registry.set_version_tags(version, {f"parity.{path}": line for path, line in lines.items()})
         decision = apply_gate(
-            registry, version, overall["adapter"], overall["base"], params.evaluate.gate, champion, compared.note
+            registry,
+            version,
+            overall["adapter"],
+            overall["base"],
+            params.evaluate.gate,
+            champion,
+            compared.note,
+            refused_by,
         )
     else:  # a re-evaluation: added to the version's record; no alias moves, no decision is rewritten
         verdict = decide(
