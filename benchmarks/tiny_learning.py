@@ -28,7 +28,7 @@ def variant(args, epochs: float | None) -> dict:
 
     import mna_tune.modeling as modeling
     from mna_tune.evaluation.evaluate import run_evaluate
-    from mna_tune.params import load_params
+    from mna_tune.params import ParityParams, load_params
     from mna_tune.training.train import run_train
 
     shipped = modeling.tiny_qwen3_config
@@ -67,7 +67,8 @@ def variant(args, epochs: float | None) -> dict:
             )
             if v is not None
         },
-        "evaluate": {"max_generate_rows": args.generate_rows},
+        # the learning figures only: no memorisation probe, no parity certificate (docs/evaluation.md)
+        "evaluate": {"max_generate_rows": args.generate_rows, "probes": 0, "parity": ParityParams(test_rows=0)},
     }
     params = params.model_copy(
         update={name: getattr(params, name).model_copy(update=values) for name, values in updates.items()}

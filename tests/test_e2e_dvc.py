@@ -179,7 +179,7 @@ def test_full_repro_produces_every_output(base):
     assert json.loads((clone / "reports/merge.json").read_text())["exact_duplicates_removed"] > 0
     evaluation = json.loads((clone / "metrics/eval.json").read_text())
     headline = {"eval_loss", "rougeL_f1", "chrf", "korean_only_share"}  # the adapter's, at the top level
-    assert set(evaluation) == headline | {"base", "delta", "engine", "rows"}
+    assert set(evaluation) == headline | {"base", "delta", "engine", "rows", "parity"}
     assert set(evaluation["base"]) == set(evaluation["delta"]) == headline
     assert "model_version" not in evaluation and len(versions(clone)) == 1  # nothing store-specific in git
     details = json.loads((clone / "reports/eval.json").read_text())
@@ -450,10 +450,15 @@ def test_exp_show_compares_two_learning_rates_and_the_run_cache_adds_no_version(
     assert json.loads((clone / "reports/eval.json").read_text())["base_from_cache"] is True  # base reused
     table = sh(clone, "dvc", "exp", "show", "--only-changed", "--csv").stdout.splitlines()
     header = table[0].split(",")
+    # QUICK turns the probe and the certificate off: their params and figures differ from
+    # the baseline's, and are shown, as they should be
+    quick_off = ("evaluate.probes", "evaluate.parity.", "parity.")
+    header = [c for c in header if not c.startswith(quick_off)]
     assert len(header) <= 25 and "train.learning_rate" in header, header
     assert "eval_loss" in header and "val_loss" in header  # the adapter's and training's figures that moved
     # The README's comparison command: the params and figures that differ, no file hashes.
     columns = sh(clone, *readme_command("dvc exp show"), "--csv").stdout.splitlines()[0].split(",")
+    columns = [c for c in columns if not c.startswith(quick_off)]
     assert {"train.learning_rate", "eval_loss", "val_loss"} <= set(columns), columns
     assert not [c for c in columns if c.startswith(("src/", "models/", "data/", "delta.", "base.", "Created"))], columns
     assert len(columns) <= 14, columns  # against ~210 for the bare command

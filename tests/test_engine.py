@@ -24,6 +24,7 @@ from mna_tune.engine.process import (
     EngineError,
     EngineSpec,
     engine_python,
+    lora_rank_for,
     running_engine,
     stop,
 )
@@ -67,6 +68,7 @@ def engine_setup(tmp_path_factory):
         max_num_seqs=16,
         seed=0,
         loras={"adapter": str(root / "adapter")},
+        max_lora_rank=lora_rank_for(params.lora.r),
         runtime_lora=True,
         startup_timeout_s=300,
     )

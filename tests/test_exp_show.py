@@ -44,7 +44,9 @@ else:
                 "eval_loss": round(1.234567 - shift, 6), "korean_only_share": round(0.941176 + shift / 10, 6)}
     adapter, base = figures(moved), figures(0)
     overall = {"adapter": adapter, "base": base, "delta": {k: round(adapter[k] - base[k], 6) for k in adapter}}
-    write_json(params.paths.evaluate.metrics, headline(NS(overall=overall), "vllm", params.paths.split))
+    certificate = {path: {"status": "agrees", "equal": 20, "of": 20} for path in ("export", "serve", "pyfunc")}
+    result = NS(overall=overall, parity=certificate)  # a certificate that holds: its columns do not change
+    write_json(params.paths.evaluate.metrics, headline(result, "vllm", params.paths.split))
 """
 
 

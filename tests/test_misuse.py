@@ -126,3 +126,21 @@ def test_a_pipe_in_the_aihub_folder_is_named_not_read(tmp_path):
     os.symlink("/dev/zero", tmp_path / "Other" / "zero.json")
     found = list(iter_units(tmp_path, []))
     assert all(isinstance(item, InputError) and "not a regular file" in str(item) for item in found) and len(found) == 2
+
+
+def test_lexicon_scores_and_prompt_files_that_are_devices_are_named(tmp_path):
+    from mna_tune.data.llm_scorer import load_template
+    from mna_tune.data.scoring import ColumnScorer
+    from mna_tune.errors import InputError
+    from mna_tune.evaluation.judge import load_template as judge_template
+    from mna_tune.lexicon import Lexicon
+
+    os.symlink("/dev/zero", tmp_path / "zero")
+    for read, key in (
+        (Lexicon.from_tsv, "filter.lexicon_path"),
+        (ColumnScorer.from_csv, "filter.scores_path"),
+        (load_template, "filter.llm_prompt_path"),
+        (lambda path: judge_template(path, "pairwise"), "evaluate.judge.pairwise_prompt_path"),
+    ):
+        with pytest.raises(InputError, match=f"not a regular file .*{key}"):
+            read(tmp_path / "zero")

@@ -80,14 +80,15 @@ def test_openai_compatible_server_on_loopback(registered, workspace, tmp_path):
         status, models = wait_until(
             lambda: _call(f"{base}/models", key=key), 120, "mna-tune serve", alive=lambda: server.poll() is None
         )
-        name = models["data"][0]["id"]
-        assert status == 200 and name.startswith(registered.mlflow.registered_model)
+        name, version = (model["id"] for model in models["data"])  # the stable name first, then its version
+        assert status == 200 and name == f"{registered.mlflow.registered_model}@candidate"
+        assert version == f"{registered.mlflow.registered_model}/1"
         status, refused = _call(f"{base}/models")
         assert status == 401 and refused["error"]["code"] == "invalid_api_key"
 
         question = {"messages": [{"role": "user", "content": QA[0][0]}]}
         status, reply = _call(f"{base}/chat/completions", {"model": name, **question}, key=key)
-        assert status == 200 and reply["object"] == "chat.completion" and reply["model"] == name
+        assert status == 200 and reply["object"] == "chat.completion" and reply["model"] == version
         message = reply["choices"][0]["message"]
         assert message["role"] == "assistant" and isinstance(message["content"], str)
         assert reply["usage"]["prompt_tokens"] > 10
@@ -106,7 +107,7 @@ def test_openai_compatible_server_on_loopback(registered, workspace, tmp_path):
         server.terminate()
         server.wait(timeout=30)
     printed = log.read_text(encoding="utf-8")
-    assert f"serve: {name} on http://127.0.0.1:{port}" in printed and key not in printed
+    assert f"serve: {name} ({version}) on http://127.0.0.1:{port}" in printed and key not in printed
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class InputError(ValueError):
     def __init__(self, file: str, reason: str, entry: str | None = None, record: str | None = None, raw: object = None):
@@ -19,3 +21,9 @@ class InputError(ValueError):
 
     def as_reject(self) -> dict:
         return {"file": self.file, "entry": self.entry, "record": self.record, "reason": self.reason, "raw": self.raw}
+
+
+def require_regular_file(path: Path | str, key: str) -> None:
+    """A pipe or a device (or a link to one) would be read without end: refused, naming the key."""
+    if Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir():
+        raise InputError(str(path), f"is not a regular file (a pipe, a device or a link to one): {key} names a file")

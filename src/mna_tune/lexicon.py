@@ -8,7 +8,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, require_regular_file
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class Lexicon:
     def from_tsv(cls, path: Path) -> Lexicon:
         """Lines `term<TAB>weight[<TAB>domain]`; blank lines and `#` comments are skipped."""
         weights: dict[str, int] = {}
+        require_regular_file(path, "filter.lexicon_path")
         try:
             lines = Path(path).read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:

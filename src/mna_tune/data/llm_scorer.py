@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError
+from ..errors import InputError, require_regular_file
 from ..llm_endpoint import ChatClient, Endpoint, Retryable, open_cache, select_keys
 from ..workspace import project_root
 from .text import match_key
@@ -181,6 +181,7 @@ class LlmScorer:
 
 
 def load_template(path: Path) -> str:
+    require_regular_file(path, "filter.llm_prompt_path")
     try:
         template = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import InputError
+from ..errors import InputError, require_regular_file
 from ..lexicon import Lexicon
 from .llm_scorer import LlmScorer
 from .text import match_key
@@ -65,6 +65,7 @@ class ColumnScorer:
     def from_csv(cls, path: Path) -> ColumnScorer:
         import pandas as pd  # only the column scorer needs it
 
+        require_regular_file(path, "filter.scores_path")
         try:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
         except FileNotFoundError:

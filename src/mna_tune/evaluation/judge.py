@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import InputError
+from ..errors import InputError, require_regular_file
 from ..llm_endpoint import (
     ChatClient,
     Endpoint,
@@ -155,6 +155,7 @@ class Unreadable:
 
 
 def load_template(path: Path, kind: str) -> str:
+    require_regular_file(path, f"evaluate.judge.{kind}_prompt_path")
     try:
         template = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
