@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -173,7 +172,9 @@ def served(params: Params, name: str, questions: list[str], engine: str, scratch
     """`mna-tune serve` (or `--engine vllm`) on a free loopback port, asked through the SDK."""
     from openai import OpenAI
 
-    port = free_port()
+    from ..engine.process import free_port, stop  # the engine's own: a free port, the process group stopped
+
+    port = free_port("127.0.0.1")
     log = scratch / f"serve-{engine}.log"
     argv = command(scratch / "params.yaml", "serve", "--model", name.rpartition("/")[2], "--port", str(port))
     argv += ["--engine", engine]
@@ -273,12 +274,6 @@ def run(argv: list[str], what: str) -> None:
         raise PathFailed(f"{what} exited {done.returncode}: {(done.stderr or done.stdout).strip()[-300:]}")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def wait_listening(port: int, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -289,15 +284,3 @@ def wait_listening(port: int, process: subprocess.Popen, log: Path) -> None:
             return
         time.sleep(0.5)
     raise PathFailed(f"the server did not listen within {START_TIMEOUT_S:.0f} s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (an engine's included), SIGKILL after 30 s."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
